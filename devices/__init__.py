@@ -1,0 +1,1 @@
+"""Hardware device processes (disk, NIC)."""

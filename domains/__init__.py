@@ -1,0 +1,1 @@
+"""Domain kernels: the shared kernel library, Domain-0 and XenoLinux."""

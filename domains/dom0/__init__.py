@@ -1,0 +1,1 @@
+"""Domain-0: toolstack, xenstored, xenconsoled and the backends."""

@@ -1,0 +1,92 @@
+"""Domain-0's kernel: xenstored, xenconsoled and the toolstack in one process.
+
+Boot order: Xen's start_info -> grant table and timer -> xenstored (binds
+VIRQ_DOM_EXC) -> xenconsoled -> toolstack and its control socket -> the
+domains listed in <rundir>/auto (like xendomains) -> idle.
+"""
+
+import glob
+import json
+import os
+import sys
+import time
+
+from domains.dom0.toolstack import ops
+from domains.dom0.toolstack.control import ControlServer
+from domains.dom0.toolstack.toolstack import Toolstack, ToolstackError
+from domains.dom0.xenconsoled import Xenconsoled
+from domains.dom0.xenstored.service import XenstoredService
+from hypervisor.public.xen import ShutdownReason
+
+HALT_GRACE_S = 3.0
+
+
+class Dom0:
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        kernel.early_boot()
+        self.xenstored = XenstoredService(kernel)
+        self.xs = self.xenstored.local
+        self.consoled = Xenconsoled(kernel, kernel.rundir)
+        self.toolstack = Toolstack(self)
+        self.control = ControlServer(self, ops.build_ops(self))
+        self.consoled.on_output.append(lambda _d: self.control.recheck())
+        self.toolstack.listeners.append(self.control.recheck)
+        self.halting = False
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.monotonic():12.6f}] {msg}", flush=True)
+        try:
+            self.kernel.console_io(msg)
+        except OSError:
+            pass
+
+    def autostart(self) -> None:
+        for path in sorted(glob.glob(os.path.join(self.kernel.rundir, "auto", "*.json"))):
+            with open(path) as f:
+                spec = json.load(f)
+            try:
+                self.toolstack.create(spec)
+            except (ToolstackError, OSError) as exc:
+                self.log(f"autostart {os.path.basename(path)}: {exc}")
+
+    def halt(self) -> None:
+        """Shut every guest down (destroying stragglers), then power off."""
+        self.halting = True
+        guests = [i["domid"] for i in self.toolstack.infos() if i["domid"] != 0]
+        for domid in guests:
+            for key in ("on_poweroff", "on_reboot", "on_crash"):
+                self.toolstack.specs.get(domid, {})[key] = "destroy"
+            try:
+                self.toolstack.request_shutdown(domid, "poweroff")
+            except Exception:
+                pass
+        self.kernel.call_later(HALT_GRACE_S, self._power_off)
+        self.toolstack.listeners.append(self._check_halted)
+        self._check_halted()
+
+    def _check_halted(self) -> None:
+        if self.halting and all(i["domid"] == 0 for i in self.toolstack.infos()):
+            self.halting = False
+            self.kernel.call_soon(self._power_off)
+
+    def _power_off(self) -> None:
+        if not self.kernel.running:
+            return
+        for info in self.toolstack.infos():
+            if info["domid"] != 0:
+                try:
+                    self.toolstack.destroy(info["domid"])
+                except Exception as exc:
+                    self.log(f"halt: destroy {info['domid']}: {exc}")
+        self.log("Domain-0: power off")
+        self.control.close()
+        self.kernel.shutdown(ShutdownReason.poweroff)
+
+
+def main(kernel) -> None:
+    dom0 = Dom0(kernel)
+    dom0.log(f"Domain-0 up: xenstored, xenconsoled and the toolstack ready (pid {os.getpid()})")
+    dom0.autostart()
+    kernel.run()
+    sys.stdout.flush()

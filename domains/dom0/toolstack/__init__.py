@@ -1,0 +1,1 @@
+"""The toolstack in Domain-0 (libxl's role): builds, destroys and watches domains."""

@@ -1,0 +1,120 @@
+"""The operations behind `xenolab xl ...` and `xenolab xenstore ...`."""
+
+import os
+import time
+
+from domains.dom0.toolstack.control import Wait
+from domains.dom0.toolstack.toolstack import ToolstackError
+from hypervisor.public.xen import DomctlCmd, Hypercall, SysctlCmd
+
+
+def build_ops(dom0) -> dict:
+    ts, k, xs = dom0.toolstack, dom0.kernel, dom0.xs
+
+    def list_(**_):
+        return ts.infos()
+
+    def info(**_):
+        _, phys = k.xen.check(Hypercall.sysctl, SysctlCmd.physinfo)
+        phys["uptime_s"] = (time.monotonic_ns() - phys["boot_ns"]) / 1e9
+        phys["hostname"] = os.uname().nodename
+        phys["dom0_pid"] = os.getpid()
+        return phys
+
+    def create(spec, paused=False, **_):
+        return ts.create(spec, paused)
+
+    def destroy(dom, **_):
+        ts.destroy(ts.lookup(dom))
+
+    def shutdown(dom, reason="poweroff", wait_ms=0, **_):
+        if reason not in ("poweroff", "reboot"):
+            raise ToolstackError(f"bad shutdown reason {reason!r}")
+        domid = ts.lookup(dom)
+        ts.request_shutdown(domid, reason)
+        if not wait_ms:
+            return domid
+        return Wait(lambda expired: _gone(domid, expired), wait_ms)
+
+    def _gone(domid, expired):
+        if all(i["domid"] != domid for i in ts.infos()):
+            return True
+        return False if expired else None
+
+    def pause(dom, **_):
+        ts.domctl(DomctlCmd.pausedomain, ts.lookup(dom))
+
+    def unpause(dom, **_):
+        ts.domctl(DomctlCmd.unpausedomain, ts.lookup(dom))
+
+    def dmesg(clear=False, **_):
+        _, out = k.xen.check(Hypercall.sysctl, SysctlCmd.readconsole, {"clear": int(clear)})
+        return out
+
+    def console_read(dom, offset=0, wait_ms=0, **_):
+        domid = ts.lookup(dom)
+        if domid not in dom0.consoled.consoles:
+            raise ToolstackError(f"domain {dom} has no PV console")
+
+        def check(expired):
+            con = dom0.consoled.consoles.get(domid)
+            if con is None:
+                return {"data": b"", "offset": offset, "gone": True}
+            data, new = con.since(offset)
+            if data or expired:
+                return {"data": data, "offset": new, "gone": False}
+            return None
+        return Wait(check, wait_ms) if wait_ms else check(True)
+
+    def console_write(dom, data, **_):
+        domid = ts.lookup(dom)
+        if domid not in dom0.consoled.consoles:
+            raise ToolstackError(f"domain {dom} has no PV console")
+        return dom0.consoled.write_input(domid, bytes(data))
+
+    def wait_booted(doms=None, timeout_ms=5000, **_):
+        def check(expired):
+            infos = [i for i in ts.infos() if i["domid"] != 0]
+            want = [i for i in infos if doms is None or i["name"] in doms]
+            ok = all(i["state"] in ("running", "blocked") and ts.booted(i["domid"]) for i in want)
+            if doms is not None and len(want) < len(doms):
+                ok = False
+            return ok if ok or expired else None
+        return Wait(check, timeout_ms)
+
+    def halt(**_):
+        k.call_soon(dom0.halt)
+        return True
+
+    def xs_read(path, **_):
+        return xs.read(path)
+
+    def xs_write(path, value, **_):
+        xs.write(path, value)
+
+    def xs_rm(path, **_):
+        xs.rm(path)
+
+    def xs_ls(path="/", **_):
+        return _walk(xs, path)
+
+    def xs_perms(path, perms=None, **_):
+        if perms is not None:
+            xs.set_perms(path, list(perms))
+        return xs.get_perms(path)
+
+    return {"list": list_, "info": info, "create": create, "destroy": destroy,
+            "shutdown": shutdown, "pause": pause, "unpause": unpause, "dmesg": dmesg,
+            "console_read": console_read, "console_write": console_write,
+            "wait_booted": wait_booted, "halt": halt, "xs_read": xs_read,
+            "xs_write": xs_write, "xs_rm": xs_rm, "xs_ls": xs_ls, "xs_perms": xs_perms}
+
+
+def _walk(xs, path: str, depth: int = 0) -> list[tuple[int, str, str]]:
+    """xenstore-ls: (depth, name, value) rows in tree order."""
+    rows = []
+    for name in xs.directory(path):
+        child = f"{path.rstrip('/')}/{name}"
+        rows.append((depth, name, xs.read(child)))
+        rows.extend(_walk(xs, child, depth + 1))
+    return rows

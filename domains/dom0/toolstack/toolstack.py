@@ -1,0 +1,173 @@
+"""The toolstack's domain bookkeeping and xl.cfg actions (libxl's role).
+
+Rules:
+1. The toolstack learns of shutdowns and deaths the way xl does: a watch on
+   @releaseDomain (fired by xenstored on VIRQ_DOM_EXC), then getdomaininfo.
+2. on_poweroff / on_reboot / on_crash are applied exactly once per event:
+   destroy, restart (a new domid, as in Xen) or preserve.
+3. Each domain's config is kept under <rundir>/libxl/ so a later Dom0 can
+   find what it was running.
+"""
+
+import json
+import os
+import re
+import time
+
+from domains.dom0.toolstack import builder
+from hypervisor.public.xen import DomctlCmd, Hypercall, ShutdownReason, SysctlCmd
+
+ACTIONS = ("destroy", "restart", "rename-restart", "preserve", "coredump-destroy",
+           "coredump-restart", "soft-reset")
+RESTART_BURST = 5
+RESTART_WINDOW_S = 30.0
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+KERNEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class ToolstackError(Exception):
+    """A request the toolstack refuses; the message is one line for the user."""
+
+
+def validate_spec(spec) -> dict:
+    if not isinstance(spec, dict):
+        raise ToolstackError("domain config must be a map")
+    name = spec.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ToolstackError(f"bad domain name {name!r}")
+    out = {"name": name, "memory_mib": spec.get("memory_mib", 32), "vcpus": spec.get("vcpus", 1),
+           "kernel": spec.get("kernel", "xenolinux"), "cmdline": spec.get("cmdline", ""),
+           "uuid": spec.get("uuid")}
+    for key in ("on_poweroff", "on_reboot", "on_crash"):
+        out[key] = spec.get(key, "restart" if key == "on_reboot" else "destroy")
+        if out[key] not in ACTIONS:
+            raise ToolstackError(f"{key}: unknown action {out[key]!r}")
+    if not isinstance(out["memory_mib"], int) or not 4 <= out["memory_mib"] <= 4096:
+        raise ToolstackError("memory must be 4..4096 MiB")
+    if not isinstance(out["vcpus"], int) or not 1 <= out["vcpus"] <= 16:
+        raise ToolstackError("vcpus must be 1..16")
+    if not isinstance(out["kernel"], str) or not KERNEL_RE.match(out["kernel"]):
+        raise ToolstackError(f"bad kernel {out['kernel']!r}")
+    for key in ("disks", "vifs"):
+        out[key] = list(spec.get(key) or [])
+    return out
+
+
+class Toolstack:
+    def __init__(self, dom0) -> None:
+        self.dom0 = dom0
+        self.k = dom0.kernel
+        self.specs: dict[int, dict] = {}
+        self.handled: set[tuple[int, str]] = set()
+        self.dir = os.path.join(self.k.rundir, "libxl")
+        os.makedirs(self.dir, exist_ok=True)
+        self.listeners: list = []  # called after any domain change
+        self.restarts: dict[str, list[float]] = {}
+        dom0.xs.watch("@releaseDomain", "toolstack", lambda *_: self.reconcile())
+
+    # ---- queries -------------------------------------------------------
+
+    def infos(self) -> list[dict]:
+        _, out = self.k.xen.check(Hypercall.sysctl, SysctlCmd.getdomaininfolist)
+        return out
+
+    def lookup(self, dom) -> int:
+        """A domain name or id -> domid (ToolstackError if unknown)."""
+        for info in self.infos():
+            if str(info["domid"]) == str(dom) or info["name"] == dom:
+                return info["domid"]
+        raise ToolstackError(f"domain '{dom}' does not exist")
+
+    def booted(self, domid: int) -> bool:
+        return self.dom0.xs.try_read(f"/local/domain/{domid}/control/feature-poweroff") == "1"
+
+    # ---- lifecycle -----------------------------------------------------
+
+    def create(self, spec, paused: bool = False) -> int:
+        spec = validate_spec(spec)
+        if any(i["name"] == spec["name"] for i in self.infos()):
+            raise ToolstackError(f"domain '{spec['name']}' already exists")
+        built = builder.create(self.dom0, spec)
+        self.specs[built.domid] = spec
+        self._save(built.domid, spec)
+        if not paused:
+            self.domctl(DomctlCmd.unpausedomain, built.domid)
+        self.k.console_io(f"toolstack: created {spec['name']} as domain {built.domid}")
+        self._changed()
+        return built.domid
+
+    def destroy(self, domid: int) -> None:
+        if domid == 0:
+            raise ToolstackError("cannot destroy Domain-0")
+        builder.destroy(self.dom0, domid)
+        self.specs.pop(domid, None)
+        self._forget(domid)
+        self._changed()
+
+    def request_shutdown(self, domid: int, reason: str) -> None:
+        """xl shutdown/reboot: ask the guest through control/shutdown."""
+        if domid == 0:
+            raise ToolstackError("use 'xenolab down' to shut Domain-0 down")
+        self.dom0.xs.write(f"/local/domain/{domid}/control/shutdown", reason)
+
+    def domctl(self, cmd: int, domid: int) -> None:
+        rc, _ = self.k.xen.call(Hypercall.domctl, cmd, {"domid": domid})
+        if rc < 0:
+            raise ToolstackError(f"{DomctlCmd(cmd).name} of domain {domid} failed ({rc})")
+
+    # ---- reacting to Xen -----------------------------------------------
+
+    def reconcile(self) -> None:
+        """@releaseDomain fired: apply the config's action to each domain
+        that has shut down or crashed since we last looked."""
+        infos = {i["domid"]: i for i in self.infos()}
+        for domid in list(self.specs):
+            info = infos.get(domid)
+            if info is None:
+                self.specs.pop(domid, None)
+                self._forget(domid)
+            elif info["state"] in ("shutdown", "crashed"):
+                self._apply(domid, info)
+        self._changed()
+
+    def _apply(self, domid: int, info: dict) -> None:
+        reason = (ShutdownReason(info["shutdown_reason"]).name
+                  if info["state"] == "shutdown" else "crash")
+        if (domid, reason) in self.handled:
+            return
+        self.handled.add((domid, reason))
+        spec = self.specs[domid]
+        key = {"poweroff": "on_poweroff", "reboot": "on_reboot"}.get(reason, "on_crash")
+        action = spec[key]
+        self.k.console_io(f"toolstack: domain {domid} ({spec['name']}) {reason}: {action}")
+        if action == "preserve":
+            return
+        self.destroy(domid)
+        if action.endswith("restart") and self._may_restart(spec["name"]):
+            self.create(spec)
+
+    def _may_restart(self, name: str) -> bool:
+        """Stop a crash loop: at most RESTART_BURST restarts per RESTART_WINDOW_S."""
+        now = time.monotonic()
+        recent = [t for t in self.restarts.get(name, []) if now - t < RESTART_WINDOW_S]
+        self.restarts[name] = recent + [now]
+        if len(recent) >= RESTART_BURST:
+            self.k.console_io(f"toolstack: {name} restarts too fast; left destroyed")
+            return False
+        return True
+
+    def _save(self, domid: int, spec: dict) -> None:
+        path = os.path.join(self.dir, f"{domid}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump({"domid": domid, "spec": spec, "created": time.time()}, f)
+        os.replace(path + ".tmp", path)
+
+    def _forget(self, domid: int) -> None:
+        try:
+            os.unlink(os.path.join(self.dir, f"{domid}.json"))
+        except FileNotFoundError:
+            pass
+
+    def _changed(self) -> None:
+        for cb in list(self.listeners):
+            cb()

@@ -1,0 +1,1 @@
+"""Machinery every domain kernel shares: hypercalls, event loop, drivers, rings."""

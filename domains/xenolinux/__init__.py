@@ -1,0 +1,1 @@
+"""XenoLinux: the paravirtualized guest kernel."""

@@ -1,0 +1,67 @@
+"""XenoLinux, minimal for now: boot, console, xenbus, shutdown control.
+
+Boot order follows a PV Linux: start_info -> grant table -> timer VIRQ ->
+hvc console -> xenbus (xenstore ring) -> control/shutdown watch -> idle.
+"""
+
+import time
+
+from domains.kernel.console import Console
+from domains.kernel.xenbus import XenbusClient
+from hypervisor.public.start_info import StartInfo
+from hypervisor.public.xen import XEN_VERSION, ShutdownReason
+
+SHUTDOWN_REQUESTS = {
+    "poweroff": ShutdownReason.poweroff,
+    "halt": ShutdownReason.poweroff,
+    "reboot": ShutdownReason.reboot,
+    "crash": ShutdownReason.crash,
+}
+
+
+class Guest:
+    """A booted XenoLinux: what kernels built on it (tests, benches) use."""
+
+    def __init__(self, kernel, si: StartInfo) -> None:
+        self.kernel, self.si = kernel, si
+        self.t0 = time.monotonic()
+        self.console = Console(kernel, kernel.page(si.console_mfn), si.console_evtchn)
+        self.xs = XenbusClient(kernel, kernel.page(si.store_mfn), si.store_evtchn)
+        self.home = f"/local/domain/{kernel.domid}"
+
+    def printk(self, msg: str) -> None:
+        self.console.write(f"[{time.monotonic() - self.t0:12.6f}] {msg}\n")
+
+    def watch_shutdown(self) -> None:
+        for feature in ("poweroff", "reboot"):
+            self.xs.write(f"control/feature-{feature}", "1")
+        self.xs.watch("control/shutdown", "control-shutdown", self._on_shutdown)
+
+    def _on_shutdown(self, path: str, token: str) -> None:
+        req = self.xs.try_read("control/shutdown", "")
+        reason = SHUTDOWN_REQUESTS.get(req or "")
+        if reason is None:
+            return
+        self.xs.write("control/shutdown", "")
+        self.printk(f"xenbus: shutdown request '{req}': shutting down")
+        self.kernel.shutdown(reason)
+
+
+def boot(kernel) -> Guest:
+    si = kernel.early_boot()
+    g = Guest(kernel, si)
+    g.printk(f"Linux version 6.1.0-xenolab (XenoLinux) on Xen {XEN_VERSION[0]}."
+             f"{XEN_VERSION[1]}, domid {kernel.domid}")
+    g.printk(f"Memory: {si.nr_pages * 4} KiB ({kernel.frames.nr_free} free frames)")
+    g.printk(f"Grant table at pfn {kernel.frames.total + 3}; timer on port {kernel.timer_port}")
+    g.printk(f"hvc0: console on port {si.console_evtchn}")
+    name = g.xs.read("name")
+    g.printk(f"xenbus: connected to xenstore on port {si.store_evtchn}; I am '{name}'")
+    g.watch_shutdown()
+    return g
+
+
+def main(kernel) -> None:
+    g = boot(kernel)
+    g.printk("Freeing unused kernel memory; init: idle")
+    kernel.run()

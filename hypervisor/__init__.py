@@ -1,0 +1,1 @@
+"""The Xen core process: domains, memory, grant tables, event channels, hypercalls."""

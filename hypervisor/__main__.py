@@ -1,0 +1,5 @@
+import sys
+
+from hypervisor.main import main
+
+sys.exit(main())

@@ -1,0 +1,385 @@
+"""The hypervisor: the domain table, its processes and the hypercall socket.
+
+Rules:
+1. One ROUTER socket; a frame counts only if its routing id is the secret of
+   a live domain. Unknown ids are dropped without a reply.
+2. A hypercall gets exactly one reply, except SCHEDOP_block/poll (the reply
+   is the wake-up, sent when an event is pending) and SCHEDOP_shutdown (the
+   vCPU never runs again). A paused domain's hypercalls are held.
+3. An upcall is sent only when EventChannels says upcall_pending went 0->1;
+   to a blocked domain the upcall *is* the reply to its SCHEDOP_block.
+4. Nothing a guest sends may raise out of the dispatcher: every handler
+   validates; a bug is logged to the Xen console and answered -EINVAL.
+"""
+
+import heapq
+import os
+import secrets
+import signal
+import socket
+import time
+import traceback
+
+import zmq
+
+from hypervisor import hypercalls, spawn
+from hypervisor.args import BadArg
+from hypervisor.domain import Domain, DomState
+from hypervisor.event_channel import EventChannels
+from hypervisor.grant_table import GrantTables
+from hypervisor.memory import MemoryObject
+from hypervisor.public import envelope
+from hypervisor.public.event_channel import SHARED_INFO_SIZE
+from hypervisor.public.grant_table import DEFAULT_MAX_GRANT_FRAMES
+from hypervisor.public.start_info import SIF_INITDOMAIN, SIF_PRIVILEGED, START_INFO_PFN, StartInfo
+from hypervisor.public.xen import PAGE_SIZE, Errno, Virq
+from hypervisor.xenconsole import ConsoleRing
+
+
+class HostCrash(Exception):
+    """Domain 0 died: like Xen, the host goes down with it."""
+
+
+class Hypervisor:
+    def __init__(self, host: str, rundir: str, endpoint: str, memory_mib: int, cpus: int):
+        self.host, self.rundir, self.endpoint = host, rundir, endpoint
+        self.total_pages = memory_mib * 1024 * 1024 // PAGE_SIZE
+        self.cpus = cpus
+        self.boot_ns = time.monotonic_ns()
+        self.console = ConsoleRing(os.path.join(rundir, "xen.log"))
+        self.domains: dict[int, Domain] = {}
+        self.by_secret: dict[bytes, Domain] = {}
+        self.procs: dict[int, object] = {}
+        self.ctl: dict[int, socket.socket] = {}
+        self.next_domid = 0
+        self.timers: list[tuple[int, int, int]] = []
+        self.evtchn = EventChannels(self.kick)
+        self.gnttab = GrantTables()
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.sock.bind(endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.running = True
+
+    # ---- domains -------------------------------------------------------
+
+    def free_pages(self) -> int:
+        used = sum(d.nr_pages for d in self.domains.values())
+        return self.total_pages - used
+
+    def create_domain(self, name: str, memory_kib: int, vcpus: int, privileged: bool,
+                      kernel: str, max_grant_frames: int = DEFAULT_MAX_GRANT_FRAMES) -> Domain:
+        nr_pages = memory_kib * 1024 // PAGE_SIZE
+        if nr_pages > self.free_pages():
+            raise BadArg("out of memory")  # mapped to -ENOMEM by the caller
+        domid = self.next_domid
+        self.next_domid += 1
+        mem = MemoryObject(f"xenolab-d{domid}-mem", nr_pages * PAGE_SIZE)
+        shinfo = MemoryObject(f"xenolab-d{domid}-shared-info", PAGE_SIZE)
+        dom = Domain(domid, name, memory_kib, vcpus, privileged, secrets.token_bytes(16),
+                     mem, shinfo, max_grant_frames)
+        self.domains[domid] = dom
+        self.by_secret[dom.secret] = dom
+        self.evtchn.add_domain(domid, shinfo.view[:SHARED_INFO_SIZE], privileged, vcpus)
+        self.gnttab.add_domain(domid, mem.view, nr_pages, dom.grant_table_pfn,
+                               max_grant_frames, privileged)
+        self._spawn(dom, kernel)
+        self.console.write(f"Domain {domid} ({name}) created: {memory_kib // 1024} MiB, "
+                           f"{vcpus} vCPU, pid {dom.pid}")
+        return dom
+
+    def _spawn(self, dom: Domain, kernel: str) -> None:
+        boot = {"domid": dom.domid, "name": dom.name, "secret": dom.secret,
+                "endpoint": self.endpoint, "kernel": kernel, "privileged": dom.privileged,
+                "nr_pages": dom.nr_pages, "grant_table_pfn": dom.grant_table_pfn,
+                "max_grant_frames": dom.max_grant_frames, "rundir": self.rundir,
+                "host": self.host, "xen_pid": os.getpid()}
+        log = os.path.join(self.rundir, "logs", f"{dom.name}.{dom.domid}.log")
+        proc, ctl = spawn.spawn_domain(boot, dom.mem.fd, dom.shared_info.fd, log)
+        dom.pid = proc.pid
+        dom.pidfd = os.pidfd_open(proc.pid)
+        self.procs[dom.domid] = proc
+        self.ctl[dom.domid] = ctl
+        self.poller.register(dom.pidfd, zmq.POLLIN)
+
+    def build_dom0(self, memory_mib: int, vcpus: int, kernel: str) -> Domain:
+        """Xen builds Domain-0 itself (no toolstack yet) and starts it."""
+        dom = self.create_domain("Domain-0", memory_mib * 1024, vcpus, True, kernel)
+        info = StartInfo(dom.nr_pages, SIF_PRIVILEGED | SIF_INITDOMAIN, 0, 0, 0, 0)
+        raw = info.pack()
+        dom.mem.view[START_INFO_PFN * PAGE_SIZE:START_INFO_PFN * PAGE_SIZE + len(raw)] = raw
+        self.unpause(dom)
+        return dom
+
+    def pause(self, dom: Domain) -> None:
+        if dom.state is DomState.created:
+            return
+        dom.paused_before = dom.state
+        dom.transition("pause")
+        os.kill(dom.pid, signal.SIGSTOP)
+
+    def unpause(self, dom: Domain) -> None:
+        first = dom.state is DomState.created
+        dom.transition("unpause")
+        if not first:
+            os.kill(dom.pid, signal.SIGCONT)
+            if dom.paused_before is DomState.blocked and dom.block_seq is not None:
+                dom.state = DomState.blocked
+        held, dom.held = dom.held, []
+        for frame in held:
+            self.handle_frame(dom, frame)
+        if dom.kick_deferred:
+            dom.kick_deferred = False
+            self.kick(dom.domid)
+
+    def shutdown(self, dom: Domain, reason: int) -> None:
+        from hypervisor.public.xen import ShutdownReason
+        dom.shutdown_reason = ShutdownReason(reason)
+        dom.transition("shutdown")
+        dom.block_seq = None
+        self.console.write(f"Domain {dom.domid} ({dom.name}) shut down: "
+                           f"{dom.shutdown_reason.name}")
+        if dom.privileged and dom.domid == 0:
+            self.running = False  # Dom0 shutting down powers the host off
+            return
+        self.evtchn.raise_global_virq(Virq.DOM_EXC)
+
+    def destroy(self, dom: Domain) -> None:
+        """domctl destroydomain: pull the power cord, then reap."""
+        was_dead = not dom.alive
+        dom.transition("destroy")
+        proc = self.procs.get(dom.domid)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if not was_dead:
+            self._kill(dom)
+        self._reap_if_unmapped(dom)
+
+    def _kill(self, dom: Domain) -> None:
+        """domain_kill: ports closed (peers go unbound), mappings released."""
+        self._forget_process(dom)
+        self.evtchn.remove_domain(dom.domid)
+        for granter in self.gnttab.release_mappings(dom.domid):
+            g = self.domains.get(granter)
+            if g is not None and g.state is DomState.dying:
+                self._reap_if_unmapped(g)
+        self.by_secret.pop(dom.secret, None)
+        self.timers = [t for t in self.timers if t[1] != dom.domid]
+        heapq.heapify(self.timers)
+
+    def _forget_process(self, dom: Domain) -> None:
+        if dom.pidfd >= 0:
+            self.poller.unregister(dom.pidfd)
+            os.close(dom.pidfd)
+            dom.pidfd = -1
+        ctl = self.ctl.pop(dom.domid, None)
+        if ctl is not None:
+            ctl.close()
+        proc = self.procs.pop(dom.domid, None)
+        if proc is not None:
+            dom.exit_status = proc.poll()
+
+    def _reap_if_unmapped(self, dom: Domain) -> None:
+        if self.gnttab.mapped_by_others(dom.domid):
+            self.console.write(f"Domain {dom.domid} has active grants: kept as a zombie")
+            return
+        self.gnttab.remove_domain(dom.domid)
+        self.domains.pop(dom.domid, None)
+        dom.mem.close()
+        dom.shared_info.close()
+        self.console.write(f"Domain {dom.domid} ({dom.name}) destroyed")
+        self.evtchn.raise_global_virq(Virq.DOM_EXC)
+
+    def on_death(self, dom: Domain) -> None:
+        """The domain's process exited without being destroyed: a crash."""
+        proc = self.procs.get(dom.domid)
+        status = proc.poll() if proc is not None else None
+        self.console.write(f"Domain {dom.domid} ({dom.name}) crashed (exit status {status})")
+        if dom.domid == 0:
+            raise HostCrash("Domain 0 crashed")
+        if dom.state is not DomState.shutdown:
+            dom.shutdown_reason = None
+            dom.transition("crash")
+        self._kill(dom)
+        self.evtchn.raise_global_virq(Virq.DOM_EXC)
+
+    def cpu_time(self, dom: Domain) -> int:
+        proc = self.procs.get(dom.domid)
+        if proc is not None and proc.poll() is None:
+            try:
+                with open(f"/proc/{dom.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                ticks = int(fields[11]) + int(fields[12])
+                dom.cpu_time_ns = ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+            except (OSError, ValueError, IndexError):
+                pass
+        return dom.cpu_time_ns
+
+    # ---- events and replies -------------------------------------------
+
+    def kick(self, domid: int) -> None:
+        """Deliver an upcall: wake a blocked domain, else send UPCALL."""
+        dom = self.domains.get(domid)
+        if dom is None or not dom.alive:
+            return
+        if dom.state in (DomState.paused, DomState.created):
+            dom.kick_deferred = True
+        elif dom.block_seq is not None:
+            self.wake(dom)
+        elif dom.state is not DomState.shutdown:
+            self.sock.send_multipart([dom.secret, envelope.UPCALL_FRAME], copy=False)
+
+    def wake(self, dom: Domain) -> None:
+        seq, dom.block_seq = dom.block_seq, None
+        if dom.state is DomState.blocked:
+            dom.transition("wake")
+        self.reply(dom, seq, 0)
+
+    def reply(self, dom: Domain, seq: int, rc: int, out=None) -> None:
+        self.sock.send_multipart([dom.secret, envelope.encode_reply(seq, rc, out)], copy=False)
+
+    def arm_timer(self, dom: Domain, deadline_ns: int) -> None:
+        dom.timer_ns = deadline_ns
+        if deadline_ns:
+            heapq.heappush(self.timers, (deadline_ns, dom.domid, deadline_ns))
+
+    def run_timers(self) -> None:
+        now = time.monotonic_ns()
+        while self.timers and self.timers[0][0] <= now:
+            _, domid, armed = heapq.heappop(self.timers)
+            dom = self.domains.get(domid)
+            if dom is None:
+                continue
+            if dom.poll is not None and dom.poll[2] == armed:
+                seq, dom.poll = dom.poll[0], None
+                self.reply(dom, seq, 0)
+            if dom.timer_ns == armed:
+                dom.timer_ns = 0
+                self.evtchn.raise_virq(domid, Virq.TIMER)
+
+    def check_polls(self) -> None:
+        for dom in self.domains.values():
+            if dom.poll is not None and self.evtchn.poll(dom.domid, dom.poll[1]):
+                seq, dom.poll = dom.poll[0], None
+                self.reply(dom, seq, 0)
+
+    def arm_poll_timer(self, dom: Domain, deadline_ns: int) -> None:
+        heapq.heappush(self.timers, (deadline_ns, dom.domid, deadline_ns))
+
+    # ---- memory handed to other domains ---------------------------------
+
+    def send_memory(self, mapper: Domain, granter: Domain, foreign: bool) -> None:
+        """Give the mapper the granter's memory object (once per granter for
+        grant maps; every time for a privileged foreign map, which the
+        caller unmaps itself).
+
+        Model difference: Linux cannot hand out an fd for one page, so the
+        mapper's kernel holds an fd for the granter's whole memory. Isolation
+        is enforced here, at the hypercall: the mapper's kernel library maps
+        only frames that a map_grant_ref returned, and releases the object
+        when its last mapping of that granter goes.
+        """
+        if not foreign and granter.domid in mapper.fds_given:
+            return
+        ctl = self.ctl.get(mapper.domid)
+        if ctl is None or granter.mem.fd < 0:
+            return
+        spawn.send_memory(ctl, {"dom": granter.domid, "nr_pages": granter.nr_pages},
+                          granter.mem.fd)
+        if not foreign:
+            mapper.fds_given.add(granter.domid)
+
+    def unmap_grant(self, mapper: Domain, handle: int) -> int:
+        mapping = self.gnttab.mappings_of(mapper.domid).get(handle)
+        status = self.gnttab.unmap_grant_ref(mapper.domid, handle)
+        if status != 0 or mapping is None:
+            return status
+        granter = mapping[0]
+        if not any(m[0] == granter for m in self.gnttab.mappings_of(mapper.domid).values()):
+            mapper.fds_given.discard(granter)
+        g = self.domains.get(granter)
+        if g is not None and g.state is DomState.dying:
+            self._reap_if_unmapped(g)
+        return status
+
+    # ---- hypercall dispatch --------------------------------------------
+
+    def handle_frame(self, dom: Domain, frame: bytes) -> None:
+        if dom.state in (DomState.paused, DomState.created):
+            dom.held.append(frame)
+            return
+        if dom.state is DomState.shutdown or not dom.alive:
+            return  # its vCPU no longer runs
+        try:
+            req = envelope.decode_request(frame)
+        except envelope.EnvelopeError:
+            self.reply(dom, 0, -Errno.EINVAL)
+            return
+        if dom.block_seq is not None:
+            self.wake(dom)  # it is running again: its block is over
+        result = self._dispatch(dom, req)
+        if result is not None:
+            self.reply(dom, req.seq, *result)
+
+    def _dispatch(self, dom: Domain, req: envelope.Request):
+        handler = hypercalls.TABLE.get((req.hypercall, req.cmd))
+        if handler is None:
+            return (-Errno.ENOSYS, None)
+        try:
+            return handler(self, dom, req.seq, req.args)
+        except BadArg as exc:
+            return (-exc.errno, None)
+        except Exception:  # a bug must not take the host down: log it
+            self.console.write("hypercall handler failed:\n" + traceback.format_exc())
+            return (-Errno.EINVAL, None)
+
+    def on_router(self) -> None:
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                continue
+            dom = self.by_secret.get(frames[0])
+            if dom is not None:
+                self.handle_frame(dom, frames[1])
+
+    def loop(self, wakeup_fd: int) -> None:
+        self.poller.register(wakeup_fd, zmq.POLLIN)
+        pidfds = {}
+        while self.running:
+            pidfds = {d.pidfd: d for d in self.domains.values() if d.pidfd >= 0}
+            timeout = None
+            if self.timers:
+                timeout = max(0, (self.timers[0][0] - time.monotonic_ns()) / 1e6)
+            for obj, _ in self.poller.poll(timeout):
+                if obj is self.sock:
+                    self.on_router()
+                elif obj == wakeup_fd:
+                    os.read(wakeup_fd, 512)
+                    self.running = False
+                elif obj in pidfds and pidfds[obj].pidfd == obj:
+                    self.on_death(pidfds[obj])
+            self.run_timers()
+            self.check_polls()
+
+    def halt(self) -> None:
+        """Power off: every domain process is killed and reaped."""
+        for proc in list(self.procs.values()):
+            if proc.poll() is None:
+                proc.kill()
+        for proc in list(self.procs.values()):
+            proc.wait()
+        for dom in list(self.domains.values()):
+            self._forget_process(dom)
+            dom.mem.close()
+            dom.shared_info.close()
+        self.console.write("System halted")
+        self.sock.close(0)
+        self.ctx.term()
+        self.console.close()

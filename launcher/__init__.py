@@ -1,0 +1,1 @@
+"""Host description, supervisor and the ``xenolab`` command."""

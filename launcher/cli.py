@@ -1,0 +1,106 @@
+"""The `xenolab` command: boot hosts, drive them like xl, benchmark them.
+
+Errors are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from launcher import commands
+from launcher.hostspec import ConfigError
+from launcher.rundir import HostError
+
+
+def _host_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=argparse.SUPPRESS,
+                   help="host name (default: $XENOLAB_HOST or 'default')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xenolab", description=(
+        "Xenolab: a runnable model of the Xen hypervisor; every domain is a process."))
+    _host_arg(p)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="boot a host (default: the embedded one)")
+    up.add_argument("config", nargs="?", help="TOML host description")
+    up.add_argument("--detach", "-d", action="store_true", help="return once the host is up")
+    up.add_argument("--daemon-fd", type=int, help=argparse.SUPPRESS)
+    _host_arg(up)
+    down = sub.add_parser("down", help="orderly shutdown of a running host")
+    _host_arg(down)
+    _xl_parser(sub)
+    _xenstore_parser(sub)
+    _bench_parser(sub)
+    return p
+
+
+def _xl_parser(sub) -> None:
+    xl = sub.add_parser("xl", help="the xl toolstack commands")
+    _host_arg(xl)
+    xs = xl.add_subparsers(dest="xl_command", required=True, metavar="SUBCOMMAND")
+    for name, helptext in (("list", "list domains"), ("info", "host information")):
+        c = xs.add_parser(name, help=helptext)
+        c.add_argument("--json", "-l", action="store_true", dest="json")
+        _host_arg(c)
+    c = xs.add_parser("create", help="create a domain from an xl.cfg file")
+    c.add_argument("cfg")
+    c.add_argument("-p", dest="paused", action="store_true", help="leave it paused")
+    _host_arg(c)
+    for name in ("destroy", "pause", "unpause", "shutdown", "reboot", "console"):
+        c = xs.add_parser(name, help=f"{name} a domain")
+        c.add_argument("dom", help="domain name or id")
+        if name in ("shutdown", "reboot"):
+            c.add_argument("-w", dest="wait", action="store_true", help="wait until it is gone")
+        _host_arg(c)
+    c = xs.add_parser("dmesg", help="Xen's console ring")
+    c.add_argument("-c", dest="clear", action="store_true", help="clear it after reading")
+    _host_arg(c)
+
+
+def _xenstore_parser(sub) -> None:
+    x = sub.add_parser("xenstore", help="read and write the xenstore tree (as Dom0)")
+    _host_arg(x)
+    xs = x.add_subparsers(dest="xs_command", required=True, metavar="SUBCOMMAND")
+    c = xs.add_parser("ls", help="list a subtree")
+    c.add_argument("path", nargs="?", default="/")
+    _host_arg(c)
+    for name in ("read", "rm"):
+        c = xs.add_parser(name)
+        c.add_argument("path")
+        _host_arg(c)
+    c = xs.add_parser("write")
+    c.add_argument("path")
+    c.add_argument("value")
+    _host_arg(c)
+
+
+def _bench_parser(sub) -> None:
+    b = sub.add_parser("bench", help="benchmarks against a same-run baseline")
+    _host_arg(b)
+    bs = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    c = bs.add_parser("evtchn", help="event-channel round trip between two DomUs")
+    c.add_argument("--count", type=int, default=10_000)
+    c.add_argument("--json", action="store_true")
+    _host_arg(c)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return commands.run(args) or 0
+    except (HostError, ConfigError, OSError) as exc:
+        print(f"xenolab: error: {exc}", file=sys.stderr)
+        return 1
+    except json.JSONDecodeError as exc:
+        print(f"xenolab: error: bad JSON: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

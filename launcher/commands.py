@@ -1,0 +1,226 @@
+"""What each `xenolab` subcommand does (cli.py only parses)."""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+
+import psutil
+from setproctitle import setproctitle
+
+from launcher import console, rundir
+from launcher.client import ToolstackClient
+from launcher.host import Host, kill_leftovers
+from launcher.hostspec import default_host, load_host_toml
+from launcher.rundir import HostError
+from launcher.xlcfg import parse_xl_cfg
+
+
+def run(args) -> int:
+    host = rundir.host_name(getattr(args, "host", None))
+    if args.command == "up":
+        return cmd_up(args, host)
+    if args.command == "down":
+        return cmd_down(host)
+    if args.command == "xl":
+        return cmd_xl(args, host)
+    if args.command == "xenstore":
+        return cmd_xenstore(args, host)
+    if args.command == "bench":
+        from launcher.bench import run_bench
+        return run_bench(args, host)
+    raise HostError(f"unknown command {args.command}")
+
+
+def say(msg: str) -> None:
+    print(f"*** {msg}", flush=True)
+
+
+# ---- up / down ---------------------------------------------------------------
+
+def _spec(args, host: str):
+    spec = load_host_toml(args.config) if args.config else default_host()
+    if getattr(args, "host", None) is None and os.environ.get("XENOLAB_HOST") is None:
+        return spec, spec.name
+    return spec, host
+
+
+def cmd_up(args, host: str) -> int:
+    spec, name = _spec(args, host)
+    if args.detach:
+        return _detach(args, name)
+    report = _daemon_report(args.daemon_fd)
+    h = Host(spec, name, progress=report or say)
+    setproctitle(f"xenolab[{name}]: supervisor")
+    try:
+        h.start()
+    except HostError as exc:
+        if report:
+            report(f"error {exc}")
+        raise
+    if report:
+        report(f"ready {h.ready_s:.2f}")
+    else:
+        print_list(h.xl("list"))
+        say(f"Run directory: {h.dir}")
+        say("Press Ctrl-C or run 'xenolab down' to shut the host down")
+    return _supervise(h)
+
+
+def _supervise(h: Host) -> int:
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: None)
+    pidfd = os.pidfd_open(h.xen.pid)
+    ready, _, _ = select.select([pidfd, r], [], [])
+    if r in ready:
+        say("Shutting the host down")
+        secs = h.down()
+        say(f"Host '{h.name}' is down ({secs:.2f} s)")
+        return 0
+    code = h.wait()
+    say(f"The hypervisor exited ({code}); host '{h.name}' torn down")
+    return 0 if code == 0 else 1
+
+
+def _daemon_report(fd):
+    if fd is None:
+        return None
+    f = os.fdopen(fd, "w", buffering=1)
+    return lambda msg: f.write(msg.replace("\n", " ") + "\n")
+
+
+def _detach(args, name: str) -> int:
+    r, w = os.pipe()
+    argv = [sys.executable, "-m", "launcher.cli", "up", "--host", name, "--daemon-fd", str(w)]
+    if args.config:
+        argv.insert(4, os.path.abspath(args.config))
+    subprocess.Popen(argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+    os.close(w)
+    with os.fdopen(r) as pipe:
+        for line in pipe:
+            line = line.rstrip("\n")
+            if line.startswith("ready "):
+                say(f"Host '{name}' is running detached; 'xenolab down' stops it")
+                with ToolstackClient(name) as c:
+                    print_list(c.call("list"))
+                return 0
+            if line.startswith("error "):
+                raise HostError(line[6:])
+            say(line)
+    raise HostError(f"host '{name}' failed to start (see {rundir.path(name)}/logs)")
+
+
+def cmd_down(host: str) -> int:
+    rec = rundir.running(host)
+    if rec is None:
+        raise HostError(f"no running host '{host}'")
+    xen, supervisor = rec.alive(), rec.alive("supervisor")
+    try:
+        with ToolstackClient(host) as c:
+            c.call("halt", timeout_s=3)
+    except HostError:
+        xen.terminate()  # Domain-0 is not answering: power off from Xen
+    _wait_or_kill(xen, 10)
+    if supervisor is not None and supervisor.pid != os.getpid():
+        _wait_or_kill(supervisor, 5)  # it tears down what is left
+    kill_leftovers(host)
+    rundir.remove_pids(rundir.path(host))
+    say(f"Host '{host}' is down")
+    return 0
+
+
+def _wait_or_kill(proc, timeout_s: float) -> None:
+    try:
+        proc.wait(timeout_s)
+    except psutil.TimeoutExpired:
+        proc.kill()
+    except psutil.Error:
+        pass
+
+
+# ---- xl ----------------------------------------------------------------------
+
+def print_list(infos: list[dict]) -> None:
+    print(f"{'Name':<40}{'ID':>5}{'Mem':>6}{'VCPUs':>6}{'State':>11}{'Time(s)':>10}")
+    for d in infos:
+        print(f"{d['name']:<40}{d['domid']:>5}{d['memory_kib'] // 1024:>6}{d['vcpus']:>6}"
+              f"{d['state_letters']:>11}{d['cpu_time_ns'] / 1e9:>10.1f}")
+
+
+def _list_json(infos: list[dict]) -> list[dict]:
+    return [{"name": d["name"], "domid": d["domid"], "state": d["state"],
+             "state_letters": d["state_letters"], "pid": d["pid"],
+             "memory_mib": d["memory_kib"] // 1024, "vcpus": d["vcpus"],
+             "cpu_time_s": round(d["cpu_time_ns"] / 1e9, 3)} for d in infos]
+
+
+def cmd_xl(args, host: str) -> int:
+    sub = args.xl_command
+    if sub == "console":
+        return console.attach(host, args.dom)
+    with ToolstackClient(host) as c:
+        if sub == "list":
+            infos = c.call("list")
+            if args.json:
+                print(json.dumps(_list_json(infos), indent=2))
+            else:
+                print_list(infos)
+        elif sub == "info":
+            _print_info(c.call("info"), args.json)
+        elif sub == "create":
+            with open(args.cfg) as f:
+                spec, warnings = parse_xl_cfg(f.read(), args.cfg)
+            for w in warnings:
+                print(f"xenolab: warning: {w}", file=sys.stderr)
+            domid = c.call("create", spec=spec.to_wire(), paused=args.paused, timeout_s=30)
+            say(f"Created domain {spec.name} (id {domid})")
+        elif sub in ("shutdown", "reboot"):
+            reason = "poweroff" if sub == "shutdown" else "reboot"
+            ok = c.call("shutdown", dom=args.dom, reason=reason,
+                        wait_ms=30_000 if args.wait else 0, timeout_s=35)
+            if args.wait and ok is False:
+                raise HostError(f"domain {args.dom} did not shut down in time")
+        elif sub in ("destroy", "pause", "unpause"):
+            c.call(sub, dom=args.dom)
+        elif sub == "dmesg":
+            sys.stdout.write(c.call("dmesg", clear=args.clear).decode(errors="replace"))
+    return 0
+
+
+def _print_info(info: dict, as_json: bool) -> None:
+    rows = {
+        "host": info["hostname"], "xenolab_host": info["host"],
+        "nr_cpus": info["nr_cpus"], "total_memory": info["total_pages"] * 4 // 1024,
+        "free_memory": info["free_pages"] * 4 // 1024, "xen_version": info["xen_version"],
+        "xen_scheduler": "credit (modelled by the host OS)", "xen_pid": info["xen_pid"],
+        "dom0_pid": info["dom0_pid"], "rundir": info["rundir"],
+        "uptime_s": round(info["uptime_s"], 1),
+    }
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for k, v in rows.items():
+        print(f"{k:<23}: {v}")
+
+
+# ---- xenstore ----------------------------------------------------------------
+
+def cmd_xenstore(args, host: str) -> int:
+    sub = args.xs_command
+    with ToolstackClient(host) as c:
+        if sub == "ls":
+            for depth, name, value in c.call("xs_ls", path=args.path):
+                print(f"{' ' * depth}{name} = \"{value}\"")
+        elif sub == "read":
+            print(c.call("xs_read", path=args.path))
+        elif sub == "write":
+            c.call("xs_write", path=args.path, value=args.value)
+        elif sub == "rm":
+            c.call("xs_rm", path=args.path)
+    return 0
