@@ -41,6 +41,9 @@ def build_ops(dom0) -> dict:
             return True
         return False if expired else None
 
+    def wait_gone(domid, timeout_ms=5000, **_):
+        return Wait(lambda expired: _gone(int(domid), expired), timeout_ms)
+
     def pause(dom, **_):
         ts.domctl(DomctlCmd.pausedomain, ts.lookup(dom))
 
@@ -98,6 +101,17 @@ def build_ops(dom0) -> dict:
     def xs_ls(path="/", **_):
         return _walk(xs, path)
 
+    def xs_wait(path, not_value=None, timeout_ms=5000, **_):
+        """Long-poll until the node exists with a value other than not_value."""
+        def check(expired):
+            value = xs.try_read(path)
+            if value is not None and value != not_value:
+                return value
+            if expired:
+                raise ToolstackError(f"timed out waiting for {path}")
+            return None
+        return Wait(check, timeout_ms)
+
     def xs_perms(path, perms=None, **_):
         if perms is not None:
             xs.set_perms(path, list(perms))
@@ -106,8 +120,8 @@ def build_ops(dom0) -> dict:
     return {"list": list_, "info": info, "create": create, "destroy": destroy,
             "shutdown": shutdown, "pause": pause, "unpause": unpause, "dmesg": dmesg,
             "console_read": console_read, "console_write": console_write,
-            "wait_booted": wait_booted, "halt": halt, "xs_read": xs_read,
-            "xs_write": xs_write, "xs_rm": xs_rm, "xs_ls": xs_ls, "xs_perms": xs_perms}
+            "wait_booted": wait_booted, "wait_gone": wait_gone, "halt": halt, "xs_read": xs_read,
+            "xs_write": xs_write, "xs_rm": xs_rm, "xs_wait": xs_wait, "xs_ls": xs_ls, "xs_perms": xs_perms}
 
 
 def _walk(xs, path: str, depth: int = 0) -> list[tuple[int, str, str]]:

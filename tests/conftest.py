@@ -1,0 +1,114 @@
+"""Fixtures that own real hosts and check their own teardown (STYLE.md 9).
+
+Every host a test boots gets a unique name and a private run root; when the
+test ends the host is shut down and we assert that no process, socket file
+or shared-memory segment of it is left.
+"""
+
+import itertools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from launcher import rundir
+from launcher.host import Host
+from launcher.hostspec import DomainSpec, HostSpec
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _environment(tmp_path_factory):
+    os.environ["XENOLAB_RUN_ROOT"] = str(tmp_path_factory.mktemp("run"))
+    os.environ.pop("XENOLAB_HOST", None)
+    # Test kernels (tests/kernels) must be importable by domain processes.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    yield
+
+
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+def assert_no_leaks(name: str, shm_before: set[str]) -> None:
+    procs = rundir.host_processes(name)
+    assert procs == [], f"processes left behind: {[p.pid for p in procs]}"
+    d = pathlib.Path(rundir.path(name))
+    sockets = [p for p in d.rglob("*") if p.is_socket()] if d.exists() else []
+    assert sockets == [], f"socket files left behind: {sockets}"
+    assert not (d / "pids.json").exists(), "stale PID record"
+    assert shm_entries() - shm_before == set(), "shared memory left in /dev/shm"
+
+
+def agent_domain(name: str, **kw) -> DomainSpec:
+    return DomainSpec(name=name, memory_mib=kw.pop("memory_mib", 16),
+                      kernel="tests.kernels.agent", **kw)
+
+
+@pytest.fixture
+def make_host():
+    """make_host(spec) -> a started Host, torn down and leak-checked after."""
+    started: list[tuple[Host, set[str]]] = []
+
+    def make(spec: HostSpec | None = None, *domains: DomainSpec) -> Host:
+        spec = spec or HostSpec(name="t", domains=domains)
+        h = Host(spec, name=f"t{os.getpid()}-{next(_names)}")
+        started.append((h, shm_entries()))
+        return h.start()
+
+    yield make
+    for h, shm in started:
+        h.down()
+        assert_no_leaks(h.name, shm)
+
+
+class AgentClient:
+    """Drive a tests.kernels.agent guest through xenstore, as Dom0 would."""
+
+    def __init__(self, host: Host, name: str) -> None:
+        self.host, self.name = host, name
+        self.seq = itertools.count(1)
+
+    @property
+    def domid(self) -> int:
+        return self.host[self.name]["domid"]
+
+    def __call__(self, op: str, **args):
+        res = self.raw(op, **args)
+        if not res["ok"]:
+            raise AssertionError(f"{self.name} {op}: {res['error']}")
+        return res["result"]
+
+    def raw(self, op: str, **args) -> dict:
+        n = next(self.seq)
+        base = f"/local/domain/{self.domid}/data"
+        self.host.xl("xs_write", path=f"{base}/cmd", value=json.dumps(
+            {"id": n, "op": op, "args": args}))
+        prev = None
+        while True:
+            raw = self.host.xl("xs_wait", path=f"{base}/res", not_value=prev, timeout_ms=10_000,
+                               timeout_s=15)
+            res = json.loads(raw)
+            if res["id"] == n:
+                return res
+            prev = raw
+
+
+@pytest.fixture
+def agent():
+    return AgentClient
+
+
+def xenolab(*args, check=True, **kw) -> subprocess.CompletedProcess:
+    """Run the real command line."""
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True,
+                          text=True, timeout=60, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"xenolab {' '.join(args)} failed: {proc.stderr}")
+    return proc

@@ -1,0 +1,179 @@
+"""A test guest: XenoLinux plus an agent that runs commands from xenstore.
+
+The test (acting as the toolstack in Dom0) writes a JSON command to the
+guest-owned node ``data/cmd``; the agent runs it with real hypercalls from
+this real DomU and answers in ``data/res`` with the same id. Events that
+arrive on ports it bound are counted in ``self.events``.
+"""
+
+import json
+
+from domains.kernel.gnttab import GrantMapping
+from domains.kernel.hypercall import XenError
+from domains.kernel.xenbus import XenbusError
+from domains.xenolinux.kernel import boot
+
+
+class Agent:
+    def __init__(self, kernel) -> None:
+        self.k = kernel
+        self.g = boot(kernel)
+        self.events: dict[int, int] = {}
+        self.echo: set[int] = set()
+        self.maps: dict[int, GrantMapping] = {}
+        self.pages: dict[int, int] = {}  # gref -> pfn
+        self.last = None
+        self.g.xs.watch("data/cmd", "agent", lambda *_: self.on_cmd())
+
+    def on_cmd(self) -> None:
+        raw = self.g.xs.try_read("data/cmd")
+        if not raw:
+            return
+        cmd = json.loads(raw)
+        if cmd["id"] == self.last:
+            return
+        self.last = cmd["id"]
+        try:
+            res = {"id": cmd["id"], "ok": True,
+                   "result": getattr(self, "op_" + cmd["op"])(**cmd.get("args", {}))}
+        except (XenError, XenbusError, OSError, TypeError, KeyError) as exc:
+            res = {"id": cmd["id"], "ok": False, "error": str(exc),
+                   "name": getattr(exc, "name", None)}
+        self.g.xs.write("data/res", json.dumps(res))
+
+    # ---- xenstore -------------------------------------------------------
+
+    def op_xs_read(self, path):
+        return self.g.xs.read(path)
+
+    def op_xs_write(self, path, value):
+        self.g.xs.write(path, value)
+
+    def op_xs_rm(self, path):
+        self.g.xs.rm(path)
+
+    def op_xs_dir(self, path):
+        return self.g.xs.directory(path)
+
+    def op_xs_watch(self, path, token):
+        def record(p, t):
+            self.g.xs.write(f"data/watch-{t}", p)
+        self.g.xs.watch(path, token, record)
+
+    def op_tx_start(self):
+        return self.g.xs.transaction_start()
+
+    def op_tx_read(self, tx, path):
+        return self.g.xs.read(path, tx)
+
+    def op_tx_write(self, tx, path, value):
+        self.g.xs.write(path, value, tx)
+
+    def op_tx_end(self, tx, commit=True):
+        self.g.xs.transaction_end(tx, commit)
+
+    # ---- event channels ------------------------------------------------
+
+    def _count(self, port):
+        self.events[port] = self.events.get(port, 0) + 1
+        if port in self.echo:
+            self.k.evtchn.notify(port)
+
+    def op_alloc_unbound(self, remote, echo=False):
+        port = self.k.evtchn.alloc_unbound(remote)
+        self._listen(port, echo)
+        return port
+
+    def op_bind(self, remote, port, echo=False):
+        local = self.k.evtchn.bind_interdomain(remote, port)
+        self._listen(local, echo)
+        return local
+
+    def _listen(self, port, echo):
+        if echo:
+            self.echo.add(port)
+        self.k.evtchn.on(port, self._count)
+
+    def op_send(self, port, times=1):
+        return [self.k.evtchn.notify(port) for _ in range(times)][-1]
+
+    def op_events(self, port):
+        return self.events.get(port, 0)
+
+    def op_close(self, port):
+        self.k.evtchn.close(port)
+
+    def op_status(self, port):
+        return self.k.evtchn.status(port)
+
+    # ---- grants ---------------------------------------------------------
+
+    def op_grant(self, domid, fill, readonly=False):
+        pfn = self.k.frames.alloc()
+        self.k.page(pfn)[:] = bytes([fill]) * 4096
+        ref = self.k.gnttab.grant_access(domid, pfn, readonly)
+        self.pages[ref] = pfn
+        return ref
+
+    def op_page(self, ref):
+        return self.k.page(self.pages[ref])[:16].hex()
+
+    def op_in_use(self, ref):
+        return self.k.gnttab.in_use(ref)
+
+    def op_end_access(self, ref):
+        return self.k.gnttab.end_access(ref)
+
+    def op_map(self, domid, ref, readonly=False):
+        res = self.k.gnttab.map_grants([(domid, ref, readonly)])[0]
+        if isinstance(res, int):
+            return {"status": res}
+        self.maps[res.handle] = res
+        return {"status": 0, "handle": res.handle}
+
+    def op_map_raw(self, domid, ref, flags):
+        from hypervisor.public.grant_table import GnttabOp
+        from hypervisor.public.xen import Hypercall
+        _, out = self.k.xen.call(Hypercall.grant_table_op, GnttabOp.map_grant_ref,
+                                 [{"dom": domid, "ref": ref, "flags": flags}])
+        return out[0]["status"]
+
+    def op_peek(self, handle, n=16):
+        return bytes(self.maps[handle].page[:n]).hex()
+
+    def op_poke(self, handle, fill):
+        self.maps[handle].page[:16] = bytes([fill]) * 16
+
+    def op_unmap(self, handle):
+        return self.k.gnttab.unmap_grant(self.maps.pop(handle))
+
+    def op_copy(self, ops):
+        return self.k.gnttab.copy(ops)
+
+
+def main(kernel) -> None:
+    Agent(kernel)
+    kernel.run()
+
+
+def _raw_hypercall(self, frame_hex, wait_ms=2000):
+    """Send an arbitrary frame as this domain's trap; return (rc, seq) or None."""
+    from hypervisor.public import envelope
+    sock = self.k.xen.sock
+    sock.send(bytes.fromhex(frame_hex))
+    while sock.poll(wait_ms):
+        try:
+            kind, seq, rc, _ = envelope.decode_from_xen(sock.recv())
+        except envelope.EnvelopeError:
+            return {"bad_reply": True}
+        if kind == envelope.UPCALL:
+            self.k.xen.upcall = True
+            continue
+        if seq == self.k.xen.block_seq:
+            self.k.xen.block_seq = None
+            continue
+        return {"rc": rc, "seq": seq}
+    return None
+
+
+Agent.op_hypercall_raw = _raw_hypercall
