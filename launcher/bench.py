@@ -80,20 +80,29 @@ def bench_evtchn(xl: Xl, count: int) -> dict[str, Any]:
     rtt = measure_evtchn(xl, count)
     say(f"Raw ZeroMQ round trip between two processes: {WARMUP} + {count}")
     base = measure_zmq(count)
-    return {"bench": "evtchn", "count": rtt["count"], "baseline_count": base["count"],
-            "hops": HOPS, "rtt_ns": rtt, "baseline_zmq_rtt_ns": base,
-            "ratio_p50": round(rtt["p50"] / base["p50"], 3),
-            "ratio_p99": round(rtt["p99"] / base["p99"], 3),
-            "target_ratio_p50": TARGET_RATIO_P50}
+    return {
+        "bench": "evtchn",
+        "count": rtt["count"],
+        "baseline_count": base["count"],
+        "hops": HOPS,
+        "rtt_ns": rtt,
+        "baseline_zmq_rtt_ns": base,
+        "ratio_p50": round(rtt["p50"] / base["p50"], 3),
+        "ratio_p99": round(rtt["p99"] / base["p99"], 3),
+        "target_ratio_p50": TARGET_RATIO_P50,
+    }
 
 
 # ---- the event-channel round trip ------------------------------------------------
 
+
 def measure_evtchn(xl: Xl, count: int) -> dict[str, int]:
     taken = {d["name"] for d in xl("list")} & {ECHO, PING}
     if taken:
-        raise HostError(f"domain {sorted(taken)[0]} already exists (another bench running? "
-                        f"'xenolab xl destroy' it)")
+        raise HostError(
+            f"domain {sorted(taken)[0]} already exists (another bench running? "
+            f"'xenolab xl destroy' it)"
+        )
     domids: list[int] = []
     try:
         for name, cmdline in ((ECHO, "role=echo"), (PING, f"role=ping count={count}")):
@@ -132,14 +141,16 @@ def _wait_long(xl: Xl, path: str, budget_s: float) -> str:
     deadline = time.monotonic() + budget_s
     while True:
         try:
-            return xl("xs_wait", path=path, timeout_ms=WAIT_CHUNK_MS,
-                      timeout_s=WAIT_CHUNK_MS / 1000 + 5)
-        except HostError:
+            return xl(
+                "xs_wait", path=path, timeout_ms=WAIT_CHUNK_MS, timeout_s=WAIT_CHUNK_MS / 1000 + 5
+            )
+        except HostError as exc:
             if time.monotonic() > deadline:
-                raise HostError(f"no {path} after {budget_s:.0f} s (see the guest's log)")
+                raise HostError(f"no {path} after {budget_s:.0f} s: {exc}") from None
 
 
 # ---- the baseline: a raw ZeroMQ round trip -----------------------------------------
+
 
 def _zmq_echo(endpoint: str, n: int, ready) -> None:
     """The child: a ROUTER that echoes n messages, then exits."""
@@ -164,8 +175,12 @@ def measure_zmq(count: int) -> dict[str, int]:
     payload = envelope.encode_request(1, Hypercall.event_channel_op, EvtchnOp.send, {"port": 1})
     mp = multiprocessing.get_context("spawn")  # contexts are created after spawn
     ready = mp.Event()
-    child = mp.Process(target=_zmq_echo, args=(endpoint, WARMUP + count, ready), daemon=True,
-                       name="xenolab-bench-zmq-echo")
+    child = mp.Process(
+        target=_zmq_echo,
+        args=(endpoint, WARMUP + count, ready),
+        daemon=True,
+        name="xenolab-bench-zmq-echo",
+    )
     child.start()
     ctx = zmq.Context(io_threads=1)
     sock = ctx.socket(zmq.DEALER)
@@ -208,12 +223,18 @@ def histogram_summary(samples: list[int]) -> dict[str, int]:
     h = HdrHistogram(1, 60 * 10**9, 3)
     for v in samples:
         h.record_value(max(v, 1))
-    return {"count": len(samples), "p50": h.get_value_at_percentile(50),
-            "p90": h.get_value_at_percentile(90), "p99": h.get_value_at_percentile(99),
-            "max": h.get_max_value(), "mean": int(h.get_mean_value())}
+    return {
+        "count": len(samples),
+        "p50": h.get_value_at_percentile(50),
+        "p90": h.get_value_at_percentile(90),
+        "p99": h.get_value_at_percentile(99),
+        "max": h.get_max_value(),
+        "mean": int(h.get_mean_value()),
+    }
 
 
 # ---- report --------------------------------------------------------------------
+
 
 def report(r: dict[str, Any]) -> None:
     table = Table(title=f"Event-channel round trip on host '{r['host']}' (µs)")
@@ -221,12 +242,19 @@ def report(r: dict[str, Any]) -> None:
     table.add_column("count", justify="right")
     for key in ("p50", "p90", "p99", "max", "mean"):
         table.add_column(key, justify="right")
-    for label, s in ((f"evtchn {PING} ⇄ {ECHO} ({r['hops']} hops)", r["rtt_ns"]),
-                     ("raw ZeroMQ, 2 processes (2 hops)", r["baseline_zmq_rtt_ns"])):
-        table.add_row(label, str(s["count"]),
-                      *(f"{s[k] / 1000:.1f}" for k in ("p50", "p90", "p99", "max", "mean")))
+    for label, s in (
+        (f"evtchn, {r['hops']} hops", r["rtt_ns"]),
+        ("raw ZeroMQ, 2 hops", r["baseline_zmq_rtt_ns"]),
+    ):
+        table.add_row(
+            label,
+            str(s["count"]),
+            *(f"{s[k] / 1000:.1f}" for k in ("p50", "p90", "p99", "max", "mean")),
+        )
     console = Console()
     console.print(table)
     met = "met" if r["ratio_p50"] <= r["target_ratio_p50"] else "not met"
-    console.print(f"ratio p50 {r['ratio_p50']:.2f}x, p99 {r['ratio_p99']:.2f}x "
-                  f"(target p50 ≤ {r['target_ratio_p50']}x: {met})")
+    console.print(
+        f"ratio p50 {r['ratio_p50']:.2f}x, p99 {r['ratio_p99']:.2f}x "
+        f"(target p50 ≤ {r['target_ratio_p50']}x: {met})"
+    )

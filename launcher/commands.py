@@ -136,12 +136,19 @@ def cmd_down(host: str) -> int:
 
 
 def _wait_or_kill(proc, timeout_s: float) -> None:
+    """Wait for a process we did not start (a pidfd sees it exit even while
+    it is an unreaped zombie); SIGKILL it if it overstays."""
     try:
-        proc.wait(timeout_s)
-    except psutil.TimeoutExpired:
-        proc.kill()
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return
+    try:
+        if not select.select([fd], [], [], timeout_s)[0]:
+            proc.kill()
     except psutil.Error:
         pass
+    finally:
+        os.close(fd)
 
 
 # ---- xl ----------------------------------------------------------------------

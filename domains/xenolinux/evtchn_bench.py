@@ -42,9 +42,14 @@ def percentile(ordered: list[int], pct: float) -> int:
 
 def summarize(samples: list[int]) -> dict[str, int]:
     ordered = sorted(samples)
-    return {"count": len(ordered), "p50": percentile(ordered, 50),
-            "p90": percentile(ordered, 90), "p99": percentile(ordered, 99),
-            "max": ordered[-1], "mean": sum(ordered) // len(ordered)}
+    return {
+        "count": len(ordered),
+        "p50": percentile(ordered, 50),
+        "p90": percentile(ordered, 90),
+        "p99": percentile(ordered, 99),
+        "max": ordered[-1],
+        "mean": sum(ordered) // len(ordered),
+    }
 
 
 class Echo:
@@ -83,8 +88,10 @@ class Ping:
         self.port = ev.bind_interdomain(int(peer), int(remote))
         ev.clear(self.port)  # a fresh interdomain port starts pending: not an answer
         ev.on(self.port, self.on_event)
-        self.g.printk(f"evtchn-bench: ping to domain {peer} port {remote} via port {self.port}: "
-                      f"{WARMUP} + {self.count} round trips")
+        self.g.printk(
+            f"evtchn-bench: ping to domain {peer} port {remote} via port {self.port}: "
+            f"{WARMUP} + {self.count} round trips"
+        )
         self.send()
 
     def send(self) -> None:

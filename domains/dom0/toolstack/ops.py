@@ -121,7 +121,8 @@ def build_ops(dom0) -> dict:
             "shutdown": shutdown, "pause": pause, "unpause": unpause, "dmesg": dmesg,
             "console_read": console_read, "console_write": console_write,
             "wait_booted": wait_booted, "wait_gone": wait_gone, "halt": halt, "xs_read": xs_read,
-            "xs_write": xs_write, "xs_rm": xs_rm, "xs_wait": xs_wait, "xs_ls": xs_ls, "xs_perms": xs_perms}
+            "xs_write": xs_write, "xs_rm": xs_rm, "xs_wait": xs_wait, "xs_ls": xs_ls,
+            "xs_perms": xs_perms}
 
 
 def _walk(xs, path: str, depth: int = 0) -> list[tuple[int, str, str]]:
