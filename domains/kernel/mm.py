@@ -15,6 +15,19 @@ class FrameAllocator:
             raise MemoryError(Errno.ENOMEM, "out of guest frames")
         return self.free.pop()
 
+    def alloc_contiguous(self, n: int) -> list[int]:
+        """n frames with consecutive numbers (rings that span several pages)."""
+        if n == 1:
+            return [self.alloc()]
+        free = sorted(self.free)
+        for i in range(len(free) - n + 1):
+            if free[i + n - 1] - free[i] == n - 1:
+                run = free[i:i + n]
+                taken = set(run)
+                self.free = [p for p in self.free if p not in taken]
+                return run
+        raise MemoryError(Errno.ENOMEM, f"no {n} contiguous guest frames")
+
     def release(self, pfn: int) -> None:
         self.free.append(pfn)
 

@@ -177,3 +177,65 @@ def _raw_hypercall(self, frame_hex, wait_ms=2000):
 
 
 Agent.op_hypercall_raw = _raw_hypercall
+
+
+# ---- a ring between two agents (frontend and backend), echoing counters ----
+
+def _ring_front(self, backend, order=0, start=0):
+    from domains.kernel.ringio import FrontendRing
+    self.front = FrontendRing(self.k, backend, 16, order, start)
+    self.k.evtchn.on(self.front.port, lambda _p: self._front_event())
+    return {"grefs": self.front.grefs, "port": self.front.port, "size": self.front.ring.size}
+
+
+def _ring_back(self, frontend, grefs, port, start=0):
+    from domains.kernel.ringio import BackendRing
+    self.back = BackendRing(self.k, frontend, grefs, port, 16, start)
+    self.k.evtchn.on(self.back.port, lambda _p: self._back_event())
+    self._back_event()
+
+
+def _back_event(self):
+    ring = self.back.ring
+    while True:
+        reqs = ring.take_requests()
+        for r in reqs:
+            ring.put_response((int.from_bytes(r[:8], "little") + 1).to_bytes(8, "little"))
+        if reqs:
+            self.back.push()
+        if not ring.final_check_for_requests():
+            return
+
+
+def _ring_run(self, count):
+    self.ring_todo, self.ring_next, self.ring_done, self.ring_peak = count, 0, 0, 0
+    self._front_event()
+
+
+def _front_event(self):
+    ring = self.front.ring
+    while True:
+        for rsp in ring.take_responses():
+            if int.from_bytes(rsp[:8], "little") != self.ring_done + 1:
+                self.g.xs.write("data/ring-result", f"bad response after {self.ring_done}")
+                return
+            self.ring_done += 1
+        while not ring.full() and self.ring_next < self.ring_todo:
+            ring.put_request(self.ring_next.to_bytes(8, "little"))
+            self.ring_next += 1
+        self.ring_peak = max(self.ring_peak, self.ring_next - self.ring_done)
+        self.front.push()
+        if self.ring_done == self.ring_todo:
+            stats = ring.statistics()
+            self.g.xs.write("data/ring-result",
+                            f"ok {self.ring_done} peak {self.ring_peak} rsp_prod {stats.rsp_prod}")
+            return
+        if not ring.final_check_for_responses():
+            return
+
+
+Agent.op_ring_front = _ring_front
+Agent.op_ring_back = _ring_back
+Agent.op_ring_run = _ring_run
+Agent._back_event = _back_event
+Agent._front_event = _front_event
