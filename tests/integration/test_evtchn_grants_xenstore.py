@@ -147,3 +147,28 @@ def test_xenstore_transaction_conflict_gets_eagain(pair):
     a1("tx_write", tx=tx, path="data/k2", value="retry")
     a1("tx_end", tx=tx)
     assert a1("xs_read", path="data/k2") == "retry"
+
+
+def test_mapper_death_releases_its_mappings_and_unbinds_ports(make_host, agent):
+    import os
+    import signal
+    from launcher.hostspec import DomainSpec
+    h = make_host(None, DomainSpec(name="a1", memory_mib=16, kernel="tests.kernels.agent"),
+                  DomainSpec(name="a2", memory_mib=16, kernel="tests.kernels.agent",
+                             on_crash="preserve"))
+    a1, a2 = agent(h, "a1"), agent(h, "a2")
+    ref = a1("grant", domid=a2.domid, fill=7)
+    a2("map", domid=a1.domid, ref=ref)
+    port = a1("alloc_unbound", remote=a2.domid)
+    a2("bind", remote=a1.domid, port=port)
+    assert a1("status", port=port)[1]["status"] == 2
+    assert a1("in_use", ref=ref) is True
+    os.kill(h["a2"]["pid"], signal.SIGKILL)
+    for _ in range(200):  # until Xen has reaped it (a crashed domain stays: preserve)
+        if h["a2"]["state"] == "crashed":
+            break
+    assert h["a2"]["state_letters"] == "---sc-"
+    assert a1("in_use", ref=ref) is False  # Xen dropped the dead mapper's pins
+    assert a1("end_access", ref=ref) is True
+    st = a1("status", port=port)[1]
+    assert st["status"] == 1 and st["dom"] == a2.domid  # the peer's death unbound it
