@@ -1,8 +1,12 @@
 """Event channels, grants and xenstore between real DomUs (tests.kernels.agent)."""
 
+import os
+import signal
+
 import pytest
 
 from hypervisor.public.grant_table import GNTST
+from launcher.hostspec import DomainSpec
 from tests.conftest import agent_domain
 
 
@@ -150,9 +154,6 @@ def test_xenstore_transaction_conflict_gets_eagain(pair):
 
 
 def test_mapper_death_releases_its_mappings_and_unbinds_ports(make_host, agent):
-    import os
-    import signal
-    from launcher.hostspec import DomainSpec
     h = make_host(None, DomainSpec(name="a1", memory_mib=16, kernel="tests.kernels.agent"),
                   DomainSpec(name="a2", memory_mib=16, kernel="tests.kernels.agent",
                              on_crash="preserve"))
