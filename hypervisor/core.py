@@ -32,8 +32,11 @@ from hypervisor.public import envelope
 from hypervisor.public.event_channel import SHARED_INFO_SIZE
 from hypervisor.public.grant_table import DEFAULT_MAX_GRANT_FRAMES
 from hypervisor.public.start_info import SIF_INITDOMAIN, SIF_PRIVILEGED, START_INFO_PFN, StartInfo
-from hypervisor.public.xen import PAGE_SIZE, Errno, Virq
+from hypervisor.public.xen import PAGE_SIZE, Errno, Hypercall, Virq
 from hypervisor.xenconsole import ConsoleRing
+
+_SNDMORE = int(zmq.SNDMORE)
+_EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
 
 
 class HostCrash(Exception):
@@ -60,8 +63,9 @@ class Hypervisor:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.bind(endpoint)
-        self.poller = zmq.Poller()
-        self.poller.register(self.sock, zmq.POLLIN)
+        self.pidfds: dict[int, Domain] = {}
+        self._pidfds_changed = True
+        self.pollers: set[Domain] = set()  # domains blocked in SCHEDOP_poll
         self.running = True
 
     # ---- domains -------------------------------------------------------
@@ -103,7 +107,8 @@ class Hypervisor:
         dom.pidfd = os.pidfd_open(proc.pid)
         self.procs[dom.domid] = proc
         self.ctl[dom.domid] = ctl
-        self.poller.register(dom.pidfd, zmq.POLLIN)
+        self.pidfds[dom.pidfd] = dom
+        self._pidfds_changed = True
 
     def build_dom0(self, memory_mib: int, vcpus: int, kernel: str) -> Domain:
         """Xen builds Domain-0 itself (no toolstack yet) and starts it."""
@@ -162,6 +167,7 @@ class Hypervisor:
     def _kill(self, dom: Domain) -> None:
         """domain_kill: ports closed (peers go unbound), mappings released."""
         self._forget_process(dom)
+        self.pollers.discard(dom)
         self.evtchn.remove_domain(dom.domid)
         for granter in self.gnttab.release_mappings(dom.domid):
             g = self.domains.get(granter)
@@ -173,7 +179,8 @@ class Hypervisor:
 
     def _forget_process(self, dom: Domain) -> None:
         if dom.pidfd >= 0:
-            self.poller.unregister(dom.pidfd)
+            del self.pidfds[dom.pidfd]
+            self._pidfds_changed = True
             os.close(dom.pidfd)
             dom.pidfd = -1
         ctl = self.ctl.pop(dom.domid, None)
@@ -231,7 +238,7 @@ class Hypervisor:
         elif dom.block_seq is not None:
             self.wake(dom)
         elif dom.state is not DomState.shutdown:
-            self.sock.send_multipart([dom.secret, envelope.UPCALL_FRAME], copy=False)
+            self._send(dom.secret, envelope.UPCALL_FRAME)
 
     def wake(self, dom: Domain) -> None:
         seq, dom.block_seq = dom.block_seq, None
@@ -240,7 +247,11 @@ class Hypervisor:
         self.reply(dom, seq, 0)
 
     def reply(self, dom: Domain, seq: int, rc: int, out=None) -> None:
-        self.sock.send_multipart([dom.secret, envelope.encode_reply(seq, rc, out)], copy=False)
+        self._send(dom.secret, envelope.encode_reply(seq, rc, out))
+
+    def _send(self, ident: bytes, frame: bytes) -> None:
+        self.sock.send(ident, _SNDMORE)
+        self.sock.send(frame)
 
     def arm_timer(self, dom: Domain, deadline_ns: int) -> None:
         dom.timer_ns = deadline_ns
@@ -255,20 +266,27 @@ class Hypervisor:
             if dom is None:
                 continue
             if dom.poll is not None and dom.poll[2] == armed:
-                seq, dom.poll = dom.poll[0], None
-                self.reply(dom, seq, 0)
+                self._end_poll(dom)
             if dom.timer_ns == armed:
                 dom.timer_ns = 0
                 self.evtchn.raise_virq(domid, Virq.TIMER)
 
     def check_polls(self) -> None:
-        for dom in self.domains.values():
-            if dom.poll is not None and self.evtchn.poll(dom.domid, dom.poll[1]):
-                seq, dom.poll = dom.poll[0], None
-                self.reply(dom, seq, 0)
+        for dom in list(self.pollers):
+            if dom.poll is None or self.evtchn.poll(dom.domid, dom.poll[1]):
+                self._end_poll(dom)
 
-    def arm_poll_timer(self, dom: Domain, deadline_ns: int) -> None:
-        heapq.heappush(self.timers, (deadline_ns, dom.domid, deadline_ns))
+    def start_poll(self, dom: Domain, seq: int, ports: list[int], deadline: int) -> None:
+        dom.poll = (seq, ports, deadline)
+        self.pollers.add(dom)
+        if deadline:
+            heapq.heappush(self.timers, (deadline, dom.domid, deadline))
+
+    def _end_poll(self, dom: Domain) -> None:
+        self.pollers.discard(dom)
+        if dom.poll is not None:
+            seq, dom.poll = dom.poll[0], None
+            self.reply(dom, seq, 0)
 
     # ---- memory handed to other domains ---------------------------------
 
@@ -321,9 +339,31 @@ class Hypervisor:
             return
         if dom.block_seq is not None:
             self.wake(dom)  # it is running again: its block is over
+        if req.hypercall == Hypercall.multicall:
+            req = self._multicall(dom, req)
+            if req is None:
+                return
         result = self._dispatch(dom, req)
-        if result is not None:
+        if result is not None and req.seq != envelope.POSTED:
             self.reply(dom, req.seq, *result)
+
+    def _multicall(self, dom: Domain, req: envelope.Request):
+        """Run all but the last entry posted; return the last as a request."""
+        calls = req.args
+        if not isinstance(calls, list) or not 0 < len(calls) <= hypercalls.MAX_BATCH or not all(
+                isinstance(c, list) and len(c) == 3 and all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in c[:2])
+                for c in calls):
+            self.reply(dom, req.seq, -Errno.EINVAL)
+            return None
+        for hc, cmd, args in calls[:-1]:
+            if hc != Hypercall.multicall:
+                self._dispatch(dom, envelope.Request(envelope.POSTED, hc, cmd, args))
+        hc, cmd, args = calls[-1]
+        if hc == Hypercall.multicall:
+            self.reply(dom, req.seq, -Errno.EINVAL)
+            return None
+        return envelope.Request(req.seq, hc, cmd, args)
 
     def _dispatch(self, dom: Domain, req: envelope.Request):
         handler = hypercalls.TABLE.get((req.hypercall, req.cmd))
@@ -338,35 +378,43 @@ class Hypervisor:
             return (-Errno.EINVAL, None)
 
     def on_router(self) -> None:
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(frames) != 2:
+        """Take every queued hypercall. Frames are read one by one with int
+        flags and options: pyzmq's multipart and enum helpers cost more than
+        the hypercall itself."""
+        sock = self.sock
+        while sock.get(_EVENTS) & _POLLIN:
+            ident = sock.recv()
+            frame = sock.recv() if sock.get(_RCVMORE) else b""
+            if sock.get(_RCVMORE):  # a well-behaved DEALER sends one frame
+                while sock.get(_RCVMORE):
+                    sock.recv()
                 continue
-            dom = self.by_secret.get(frames[0])
+            dom = self.by_secret.get(ident)
             if dom is not None:
-                self.handle_frame(dom, frames[1])
+                self.handle_frame(dom, frame)
 
     def loop(self, wakeup_fd: int) -> None:
-        self.poller.register(wakeup_fd, zmq.POLLIN)
-        pidfds = {}
+        items = [(self.sock, zmq.POLLIN), (wakeup_fd, zmq.POLLIN)]
         while self.running:
-            pidfds = {d.pidfd: d for d in self.domains.values() if d.pidfd >= 0}
-            timeout = None
+            if self._pidfds_changed:
+                self._pidfds_changed = False
+                items = [(self.sock, zmq.POLLIN), (wakeup_fd, zmq.POLLIN),
+                         *((fd, zmq.POLLIN) for fd in self.pidfds)]
+            timeout = -1
             if self.timers:
-                timeout = max(0, (self.timers[0][0] - time.monotonic_ns()) / 1e6)
-            for obj, _ in self.poller.poll(timeout):
+                timeout = max(0, (self.timers[0][0] - time.monotonic_ns()) // 1_000_000 + 1)
+            for obj, _ in zmq.zmq_poll(items, timeout):
                 if obj is self.sock:
                     self.on_router()
                 elif obj == wakeup_fd:
                     os.read(wakeup_fd, 512)
                     self.running = False
-                elif obj in pidfds and pidfds[obj].pidfd == obj:
-                    self.on_death(pidfds[obj])
-            self.run_timers()
-            self.check_polls()
+                elif obj in self.pidfds:
+                    self.on_death(self.pidfds[obj])
+            if self.timers:
+                self.run_timers()
+            if self.pollers:
+                self.check_polls()
 
     def halt(self) -> None:
         """Power off: every domain process is killed and reaped."""

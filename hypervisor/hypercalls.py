@@ -226,10 +226,7 @@ def sched_poll(xen, dom, seq, args):
     timeout = A.get_int(args, "timeout_ns", 0, 2**62, default=0)
     if xen.evtchn.poll(dom.domid, ports):
         return (0, None)
-    deadline = (time.monotonic_ns() + timeout) if timeout else 0
-    dom.poll = (seq, ports, deadline)
-    if deadline:
-        xen.arm_poll_timer(dom, deadline)
+    xen.start_poll(dom, seq, ports, (time.monotonic_ns() + timeout) if timeout else 0)
     return None
 
 

@@ -19,8 +19,9 @@ Rules:
 """
 
 import json
-import multiprocessing
 import os
+import select
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -63,6 +64,8 @@ def run_bench(args, host: str) -> int:
         with ToolstackClient(host) as client:
             result = bench_evtchn(client.call, args.count)
     else:
+        if named:
+            say(f"No running host '{host}': booting a private one")
         spec = default_host().with_domains()
         with Host(spec, f"bench-{os.getpid()}", progress=say) as h:
             result = bench_evtchn(h.xl, args.count)
@@ -152,43 +155,20 @@ def _wait_long(xl: Xl, path: str, budget_s: float) -> str:
 # ---- the baseline: a raw ZeroMQ round trip -----------------------------------------
 
 
-def _zmq_echo(endpoint: str, n: int, ready) -> None:
-    """The child: a ROUTER that echoes n messages, then exits."""
-    ctx = zmq.Context(io_threads=1)
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 10_000)  # never outlive a dead parent for long
-    sock.bind(endpoint)
-    ready.set()
-    try:
-        for _ in range(n):
-            sock.send_multipart(sock.recv_multipart(copy=True), copy=False)
-    except zmq.Again:
-        pass
-    finally:
-        sock.close(0)
-        ctx.term()
-
-
 def measure_zmq(count: int) -> dict[str, int]:
+    """Round trips to a plain echo process (launcher.zmq_echo), same payload."""
     endpoint = f"ipc://@xenolab-bench-{os.getpid()}"
     payload = envelope.encode_request(1, Hypercall.event_channel_op, EvtchnOp.send, {"port": 1})
-    mp = multiprocessing.get_context("spawn")  # contexts are created after spawn
-    ready = mp.Event()
-    child = mp.Process(
-        target=_zmq_echo,
-        args=(endpoint, WARMUP + count, ready),
-        daemon=True,
-        name="xenolab-bench-zmq-echo",
-    )
-    child.start()
+    child = subprocess.Popen([sys.executable, "-m", "launcher.zmq_echo", endpoint,
+                              str(WARMUP + count)], stdout=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL)
     ctx = zmq.Context(io_threads=1)
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 10_000)
     try:
-        if not ready.wait(10):
-            raise HostError("the ZeroMQ echo process did not start")
+        if not select.select([child.stdout], [], [], 10)[0] or not child.stdout.readline():
+            raise HostError(f"the ZeroMQ echo process did not start (exit {child.poll()})")
         sock.connect(endpoint)
         samples = _round_trips(sock, payload, WARMUP + count)
     except zmq.Again:
@@ -196,10 +176,12 @@ def measure_zmq(count: int) -> dict[str, int]:
     finally:
         sock.close(0)
         ctx.term()
-        child.join(5)
-        if child.is_alive():
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
             child.kill()
-            child.join()
+            child.wait()
+        child.stdout.close()
     return histogram_summary(samples[WARMUP:])
 
 
@@ -208,8 +190,8 @@ def _round_trips(sock: zmq.Socket, payload: bytes, n: int) -> list[int]:
     clock = time.monotonic_ns
     for _ in range(n):
         t0 = clock()
-        sock.send(payload, copy=False)
-        sock.recv(copy=True)
+        sock.send(payload)
+        sock.recv()
         samples.append(clock() - t0)
     return samples
 

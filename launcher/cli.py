@@ -66,11 +66,11 @@ def _xenstore_parser(sub) -> None:
     c = xs.add_parser("ls", help="list a subtree")
     c.add_argument("path", nargs="?", default="/")
     _host_arg(c)
-    for name in ("read", "rm"):
-        c = xs.add_parser(name)
+    for name, helptext in (("read", "print a node's value"), ("rm", "remove a subtree")):
+        c = xs.add_parser(name, help=helptext)
         c.add_argument("path")
         _host_arg(c)
-    c = xs.add_parser("write")
+    c = xs.add_parser("write", help="write a node (parents are created)")
     c.add_argument("path")
     c.add_argument("value")
     _host_arg(c)
@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return commands.run(args) or 0
+    except BrokenPipeError:  # e.g. piped into head: not an error
+        os._exit(0)
     except (HostError, ConfigError, OSError) as exc:
         print(f"xenolab: error: {exc}", file=sys.stderr)
         return 1
@@ -98,8 +100,6 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ def _spec(args, host: str):
 
 def cmd_up(args, host: str) -> int:
     spec, name = _spec(args, host)
+    for warning in spec.warnings:
+        print(f"xenolab: warning: {warning}", file=sys.stderr)
     if args.detach:
         return _detach(args, name)
     report = _daemon_report(args.daemon_fd)
@@ -106,7 +108,7 @@ def _detach(args, name: str) -> int:
         for line in pipe:
             line = line.rstrip("\n")
             if line.startswith("ready "):
-                say(f"Host '{name}' is running detached; 'xenolab down' stops it")
+                say(f"Host '{name}' is running detached; 'xenolab down --host {name}' stops it")
                 with ToolstackClient(name) as c:
                     print_list(c.call("list"))
                 return 0

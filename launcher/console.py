@@ -19,7 +19,9 @@ POLL_MS = 250
 def attach(host: str, dom: str, out=None) -> int:
     out = out or sys.stdout.buffer
     reader, writer = ToolstackClient(host), ToolstackClient(host)
-    offset = max(0, reader.call("console_read", dom=dom, offset=0)["offset"] - 2048)
+    first = reader.call("console_read", dom=dom, offset=0)
+    dom = str(first["domid"])  # follow this domain, not a later one of the same name
+    offset = max(0, first["offset"] - 2048)
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd) if os.isatty(fd) else None
     if saved is not None:

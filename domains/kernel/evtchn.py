@@ -60,8 +60,12 @@ class EventChannelDriver:
         self.handlers.pop(port, None)
         self.client.call(OP, EvtchnOp.close, {"port": port})
 
-    def notify(self, port: int) -> int:
-        """EVTCHNOP_send."""
+    def notify(self, port: int) -> None:
+        """notify_remote_via_evtchn: a posted EVTCHNOP_send (its result unused)."""
+        self.client.post(OP, EvtchnOp.send, {"port": port})
+
+    def send(self, port: int) -> int:
+        """EVTCHNOP_send, waiting for its return value."""
         return self.client.call(OP, EvtchnOp.send, {"port": port})[0]
 
     def status(self, port: int, dom: int = DOMID_SELF):

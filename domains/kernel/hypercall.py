@@ -14,6 +14,8 @@ import zmq
 from hypervisor.public import envelope
 from hypervisor.public.xen import Errno, Hypercall, SchedOp
 
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
 
 class XenError(OSError):
     def __init__(self, rc: int, what: str = "") -> None:
@@ -36,12 +38,20 @@ class HypercallClient:
         self.block_seq: int | None = None
         self.upcall = False
         self.counts: dict[tuple[int, int], int] = {}
+        self.posted: list[list] = []
+        self.traps = 0  # messages to Xen (a multicall is one trap)
 
     def _send(self, hypercall: int, cmd: int, args) -> int:
+        """Trap, carrying any posted calls along in one multicall."""
         self.seq = (self.seq + 1) & 0x7FFFFFFF or 1
         key = (hypercall, cmd)
         self.counts[key] = self.counts.get(key, 0) + 1
-        self.sock.send(envelope.encode_request(self.seq, hypercall, cmd, args), copy=False)
+        if self.posted:
+            self.posted.append([hypercall, cmd, args])
+            hypercall, cmd, args = Hypercall.multicall, 0, self.posted
+            self.posted = []
+        self.traps += 1
+        self.sock.send(envelope.encode_request(self.seq, hypercall, cmd, args))
         return self.seq
 
     def _accept(self, frame: bytes):
@@ -59,7 +69,7 @@ class HypercallClient:
         """Trap into Xen; returns (rc, out)."""
         seq = self._send(hypercall, cmd, args)
         while True:
-            got = self._accept(self.sock.recv(copy=True))
+            got = self._accept(self.sock.recv())
             if got is not None and got[0] == seq:
                 return got[1], got[2]
 
@@ -73,6 +83,26 @@ class HypercallClient:
         """For calls that never return (SCHEDOP_shutdown)."""
         self._send(hypercall, cmd, args)
 
+    def post(self, hypercall: int, cmd: int, args) -> None:
+        """A posted trap whose result nobody reads (envelope rule 3). It is
+        batched: it goes with the next trap, or at `flush()` (the event loop
+        flushes before it sleeps), like Linux's multicall batches."""
+        key = (hypercall, cmd)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.posted.append([hypercall, cmd, args])
+
+    def flush(self) -> None:
+        """Send posted calls now (one multicall if several)."""
+        if not self.posted:
+            return
+        calls, self.posted = self.posted, []
+        self.traps += 1
+        if len(calls) == 1:
+            self.sock.send(envelope.encode_request(envelope.POSTED, *calls[0]))
+        else:
+            self.sock.send(envelope.encode_request(envelope.POSTED, Hypercall.multicall, 0,
+                                                   calls))
+
     def block_async(self) -> None:
         """SCHEDOP_block without waiting: the reply arrives as the wake-up."""
         if self.block_seq is None:
@@ -80,12 +110,14 @@ class HypercallClient:
 
     def drain(self) -> None:
         """Take every message already queued from Xen (non-blocking)."""
-        while True:
-            try:
-                frame = self.sock.recv(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
-            self._accept(frame)
+        sock = self.sock
+        while sock.get(_EVENTS) & _POLLIN:
+            self._accept(sock.recv())
+
+    def wait(self) -> None:
+        """Sleep until Xen says something (the domain is blocked), then drain."""
+        self._accept(self.sock.recv())
+        self.drain()
 
     def close(self) -> None:
         self.sock.close(0)

@@ -129,6 +129,7 @@ class Kernel:
             self.evtchn.dispatch()
         self._run_timers()
         if self.ready or self.xen.upcall or not self.running:
+            self.xen.flush()
             return
         self._idle()
 
@@ -152,9 +153,14 @@ class Kernel:
             self.xen.call(Hypercall.set_timer_op, 0, {"deadline_ns": deadline})
             self.armed_ns = deadline
         if self.xen.upcall:
+            self.xen.flush()
             return
-        self.xen.block_async()
+        self.xen.block_async()  # carries the posted calls
+        self.xen.flush()
         self.idle_blocks += 1
+        if not self.readers:
+            self.xen.wait()  # a DomU: nothing but Xen can wake us
+            return
         for sock, _ in self.poller.poll():
             if sock is self.xen.sock:
                 self.xen.drain()

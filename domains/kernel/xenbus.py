@@ -76,6 +76,7 @@ class XenbusClient:
         return msg.payload
 
     def _wait(self) -> None:
+        self.kernel.xen.flush()  # our notification may still be batched
         ev = self.kernel.evtchn
         if not ev.is_pending(self.port):
             self.kernel.xen.call(Hypercall.sched_op, SchedOp.poll, {"ports": [self.port]})

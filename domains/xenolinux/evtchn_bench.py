@@ -77,7 +77,7 @@ class Ping:
         self.g, self.count, self.port = g, count, 0
         self.samples: list[int] = []
         self.sent_ns = 0
-        g.xs.watch("data/peer-port", "bench-peer", lambda *_: self.on_peer())
+        g.xs.watch("data", "bench-data", lambda *_: self.on_peer())  # peer and peer-port
 
     def on_peer(self) -> None:
         xs = self.g.xs

@@ -7,7 +7,13 @@ Rules:
    Reply    (Xen -> domain): ``[VERSION, REPLY, seq, rc, out]``.
    Upcall   (Xen -> domain): ``[VERSION, UPCALL]`` -- "look at shared_info".
    rc is 0 or a negated Xen errno (or a GNTST code inside ``out``).
-3. Decoding never trusts the peer: anything malformed raises EnvelopeError.
+3. A request with seq POSTED (0) is posted: Xen acts on it and sends no
+   reply. Guests post EVTCHNOP_send, whose return value Linux ignores too
+   (notify_remote_via_evtchn); everything else waits for its reply.
+4. HYPERVISOR_multicall batches traps: its args are [[hypercall, cmd, args],
+   ...]; Xen runs them in order, all but the last posted, and the reply to
+   the multicall is the last one's (so a batch may end in SCHEDOP_block).
+5. Decoding never trusts the peer: anything malformed raises EnvelopeError.
 """
 
 from dataclasses import dataclass
@@ -16,6 +22,7 @@ from typing import Any
 import msgpack
 
 VERSION = 1
+POSTED = 0
 REPLY = 0
 UPCALL = 1
 MAX_FRAME = 1 << 20

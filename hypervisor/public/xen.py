@@ -21,6 +21,7 @@ class Hypercall(enum.IntEnum):
 
     mmu_update = 1
     memory_op = 12
+    multicall = 13
     set_timer_op = 15
     xen_version = 17
     console_io = 18

@@ -95,7 +95,7 @@ class Agent:
         self.k.evtchn.on(port, self._count)
 
     def op_send(self, port, times=1):
-        return [self.k.evtchn.notify(port) for _ in range(times)][-1]
+        return [self.k.evtchn.send(port) for _ in range(times)][-1]
 
     def op_events(self, port):
         return self.events.get(port, 0)

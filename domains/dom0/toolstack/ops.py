@@ -55,17 +55,18 @@ def build_ops(dom0) -> dict:
         return out
 
     def console_read(dom, offset=0, wait_ms=0, **_):
-        domid = ts.lookup(dom)
-        if domid not in dom0.consoled.consoles:
+        """Console output from `offset`; {"gone": True} once the domain is."""
+        domid = int(dom) if str(dom).isdigit() else ts.lookup(dom)
+        if domid not in dom0.consoled.consoles and offset == 0:
             raise ToolstackError(f"domain {dom} has no PV console")
 
         def check(expired):
             con = dom0.consoled.consoles.get(domid)
             if con is None:
-                return {"data": b"", "offset": offset, "gone": True}
+                return {"data": b"", "offset": offset, "gone": True, "domid": domid}
             data, new = con.since(offset)
             if data or expired:
-                return {"data": data, "offset": new, "gone": False}
+                return {"data": data, "offset": new, "gone": False, "domid": domid}
             return None
         return Wait(check, wait_ms) if wait_ms else check(True)
 
