@@ -39,6 +39,11 @@ _SNDMORE = int(zmq.SNDMORE)
 _EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
 
 
+def _is_call(c) -> bool:
+    """A multicall entry: [hypercall, cmd, args] with int numbers."""
+    return type(c) is list and len(c) == 3 and type(c[0]) is int and type(c[1]) is int
+
+
 class HostCrash(Exception):
     """Domain 0 died: like Xen, the host goes down with it."""
 
@@ -350,15 +355,12 @@ class Hypervisor:
     def _multicall(self, dom: Domain, req: envelope.Request):
         """Run all but the last entry posted; return the last as a request."""
         calls = req.args
-        if not isinstance(calls, list) or not 0 < len(calls) <= hypercalls.MAX_BATCH or not all(
-                isinstance(c, list) and len(c) == 3 and all(
-                    isinstance(x, int) and not isinstance(x, bool) for x in c[:2])
-                for c in calls):
+        if type(calls) is not list or not 0 < len(calls) <= hypercalls.MAX_BATCH or not all(
+                map(_is_call, calls)):
             self.reply(dom, req.seq, -Errno.EINVAL)
             return None
         for hc, cmd, args in calls[:-1]:
-            if hc != Hypercall.multicall:
-                self._dispatch(dom, envelope.Request(envelope.POSTED, hc, cmd, args))
+            self._run(dom, hc, cmd, args)
         hc, cmd, args = calls[-1]
         if hc == Hypercall.multicall:
             self.reply(dom, req.seq, -Errno.EINVAL)
@@ -366,11 +368,14 @@ class Hypervisor:
         return envelope.Request(req.seq, hc, cmd, args)
 
     def _dispatch(self, dom: Domain, req: envelope.Request):
-        handler = hypercalls.TABLE.get((req.hypercall, req.cmd))
-        if handler is None:
+        return self._run(dom, req.hypercall, req.cmd, req.args, req.seq)
+
+    def _run(self, dom: Domain, hc: int, cmd: int, args, seq: int = envelope.POSTED):
+        handler = hypercalls.TABLE.get((hc, cmd))
+        if handler is None or hc == Hypercall.multicall:
             return (-Errno.ENOSYS, None)
         try:
-            return handler(self, dom, req.seq, req.args)
+            return handler(self, dom, seq, args)
         except BadArg as exc:
             return (-exc.errno, None)
         except Exception:  # a bug must not take the host down: log it

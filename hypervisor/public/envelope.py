@@ -58,8 +58,8 @@ def encode_request(seq: int, hypercall: int, cmd: int, args: Any = None) -> byte
 
 def decode_request(frame: bytes) -> Request:
     msg = _unpack(frame)
-    if len(msg) != 5 or not all(isinstance(v, int) and not isinstance(v, bool)
-                                for v in msg[1:4]):
+    if len(msg) != 5 or type(msg[1]) is not int or type(msg[2]) is not int or type(
+            msg[3]) is not int:
         raise EnvelopeError("bad request shape")
     return Request(msg[1], msg[2], msg[3], msg[4])
 
