@@ -27,10 +27,18 @@ from hypervisor.args import BadArg
 from hypervisor.domain import Domain, DomState
 from hypervisor.event_channel import EventChannels
 from hypervisor.grant_table import GrantTables
+from hypervisor.iommu import Device, Iommu
 from hypervisor.memory import MemoryObject
 from hypervisor.public import envelope
 from hypervisor.public.event_channel import SHARED_INFO_SIZE
-from hypervisor.public.grant_table import DEFAULT_MAX_GRANT_FRAMES
+from hypervisor.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTMAP_readonly
+from hypervisor.public.platform import (
+    IOMMU_ENTRIES,
+    IOMMU_FOREIGN_BASE,
+    PLATFORM_OP,
+    PlatformOp,
+    mmio_endpoint,
+)
 from hypervisor.public.start_info import SIF_INITDOMAIN, SIF_PRIVILEGED, START_INFO_PFN, StartInfo
 from hypervisor.public.xen import PAGE_SIZE, Errno, Hypercall, Virq
 from hypervisor.xenconsole import ConsoleRing
@@ -71,6 +79,8 @@ class Hypervisor:
         self.pidfds: dict[int, Domain] = {}
         self._pidfds_changed = True
         self.pollers: set[Domain] = set()  # domains blocked in SCHEDOP_poll
+        self.devices: dict[bytes, Device] = {}
+        self.iommu = Iommu()
         self.running = True
 
     # ---- domains -------------------------------------------------------
@@ -173,6 +183,7 @@ class Hypervisor:
         """domain_kill: ports closed (peers go unbound), mappings released."""
         self._forget_process(dom)
         self.pollers.discard(dom)
+        self.iommu.unmap_all(dom.domid)
         self.evtchn.remove_domain(dom.domid)
         for granter in self.gnttab.release_mappings(dom.domid):
             g = self.domains.get(granter)
@@ -293,6 +304,47 @@ class Hypervisor:
             seq, dom.poll = dom.poll[0], None
             self.reply(dom, seq, 0)
 
+    # ---- devices (hypervisor.public.platform) -----------------------------
+
+    def add_device(self, name: str, kind: str, secret: bytes, fd: int, irq: int) -> None:
+        self.devices[secret] = Device(name, kind, secret, socket.socket(fileno=fd), irq)
+
+    def handle_device_frame(self, dev: Device, frame: bytes) -> None:
+        try:
+            req = envelope.decode_request(frame)
+        except envelope.EnvelopeError:
+            return
+        if req.hypercall != PLATFORM_OP:
+            return
+        if req.cmd == PlatformOp.irq:
+            self.evtchn.raise_pirq(dev.irq)
+        elif req.cmd == PlatformOp.hello:
+            self._device_hello(dev, req.seq)
+
+    def _device_hello(self, dev: Device, seq: int) -> None:
+        dom0 = self.domains[0]
+        self.iommu.give_table(dev)
+        self.iommu.give_memory(dev, 0, dom0.mem)
+        dev.up = True
+        self.console.write(f"Device {dev.name} ({dev.kind}) up on IRQ {dev.irq}")
+        self._send(dev.secret, envelope.encode_reply(seq, 0, {
+            "irq": dev.irq, "dom0_pages": dom0.nr_pages, "foreign_base": IOMMU_FOREIGN_BASE,
+            "entries": IOMMU_ENTRIES}))
+
+    def iommu_map(self, mapper: Domain, granter: int, pfn: int, handle: int, flags: int) -> int:
+        """GNTMAP_device_map by the hardware domain: a bus frame for DMA."""
+        if mapper.domid != 0 or not self.devices:
+            return 0
+        g = self.domains[granter]
+        for dev in self.devices.values():
+            if dev.up:
+                self.iommu.give_memory(dev, granter, g.mem)
+        return self.iommu.map(0, handle, granter, pfn, not flags & GNTMAP_readonly)
+
+    def device_list(self) -> list[dict]:
+        return [{"name": d.name, "kind": d.kind, "irq": d.irq,
+                 "mmio": mmio_endpoint(self.host, d.name)} for d in self.devices.values()]
+
     # ---- memory handed to other domains ---------------------------------
 
     def send_memory(self, mapper: Domain, granter: Domain, foreign: bool) -> None:
@@ -321,6 +373,7 @@ class Hypervisor:
         status = self.gnttab.unmap_grant_ref(mapper.domid, handle)
         if status != 0 or mapping is None:
             return status
+        self.iommu.unmap(mapper.domid, handle)
         granter = mapping[0]
         if not any(m[0] == granter for m in self.gnttab.mappings_of(mapper.domid).values()):
             mapper.fds_given.discard(granter)
@@ -397,6 +450,8 @@ class Hypervisor:
             dom = self.by_secret.get(ident)
             if dom is not None:
                 self.handle_frame(dom, frame)
+            elif ident in self.devices:
+                self.handle_device_frame(self.devices[ident], frame)
 
     def loop(self, wakeup_fd: int) -> None:
         items = [(self.sock, zmq.POLLIN), (wakeup_fd, zmq.POLLIN)]
@@ -432,6 +487,9 @@ class Hypervisor:
             self._forget_process(dom)
             dom.mem.close()
             dom.shared_info.close()
+        for dev in self.devices.values():
+            dev.ctl.close()
+        self.iommu.close()
         self.console.write("System halted")
         self.sock.close(0)
         self.ctx.term()

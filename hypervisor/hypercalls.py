@@ -15,7 +15,13 @@ from hypervisor import args as A
 from hypervisor.args import BadArg
 from hypervisor.domain import DomState, TransitionError
 from hypervisor.public.event_channel import NR_EVENT_CHANNELS, EvtchnOp
-from hypervisor.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTST, GnttabOp
+from hypervisor.public.grant_table import (
+    DEFAULT_MAX_GRANT_FRAMES,
+    GNTST,
+    GNTMAP_device_map,
+    GnttabOp,
+)
+from hypervisor.public.platform import PhysdevOp
 from hypervisor.public.xen import (
     XEN_EXTRAVERSION,
     XEN_VERSION,
@@ -195,6 +201,15 @@ def map_foreign(xen, dom, seq, args):
     return (0, {"nr_pages": d.nr_pages})
 
 
+@hypercall(Hypercall.physdev_op, PhysdevOp.device_list)
+@privileged
+def physdev_device_list(xen, dom, seq, args):
+    """The physical devices assigned to the hardware domain (PCI enumeration)."""
+    if dom.domid != 0:
+        return (0, [])
+    return (0, xen.device_list())
+
+
 # ---- sched_op ------------------------------------------------------------
 
 @hypercall(Hypercall.sched_op, SchedOp.yield_)
@@ -312,7 +327,9 @@ def _map_one(xen, dom, op) -> dict:
     if status != GNTST.okay:
         return {"status": int(status)}
     xen.send_memory(dom, xen.domains[granter], foreign=False)
-    return {"status": 0, "handle": handle, "dev_bus_addr": pfn << 12, "dom": granter}
+    bfn = xen.iommu_map(dom, granter, pfn, handle, flags) if flags & GNTMAP_device_map else 0
+    return {"status": 0, "handle": handle, "frame": pfn, "dom": granter,
+            "dev_bus_addr": bfn << 12}
 
 
 @hypercall(Hypercall.grant_table_op, GnttabOp.unmap_grant_ref)

@@ -10,6 +10,7 @@ from setproctitle import setproctitle
 
 from hypervisor import spawn
 from hypervisor.core import HostCrash, Hypervisor
+from hypervisor.iommu import parse_device_arg
 
 EXIT_HALT = 0
 EXIT_CRASH = 3
@@ -25,6 +26,8 @@ def parse(argv):
     p.add_argument("--dom0-memory", type=int, default=64)
     p.add_argument("--dom0-vcpus", type=int, default=1)
     p.add_argument("--dom0-kernel", default="domains.dom0.kernel")
+    p.add_argument("--device", action="append", default=[],
+                   help="NAME:KIND:SECRETHEX:CTLFD:IRQ of a device the launcher started")
     return p.parse_args(argv)
 
 
@@ -44,6 +47,8 @@ def main(argv=None) -> int:
     setproctitle(f"xenolab[{a.host}]: hypervisor (Xen)")
     spawn.die_with_parent(signal.SIGTERM)  # the launcher died: power off
     xen = Hypervisor(a.host, a.rundir, a.endpoint, a.memory, a.cpus)
+    for arg in a.device:
+        xen.add_device(*parse_device_arg(arg))
     xen.console.write(f"Xen {xen.host} booting: {a.memory} MiB, {a.cpus} CPUs")
     code = EXIT_HALT
     try:

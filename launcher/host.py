@@ -13,7 +13,9 @@ Rules:
 
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ import time
 import psutil
 
 from hypervisor.public.endpoints import xen_endpoint
+from hypervisor.public.platform import FIRST_DEVICE_IRQ
 from launcher import rundir
 from launcher.client import ToolstackClient
 from launcher.hostspec import HostSpec
@@ -44,6 +47,7 @@ class Host:
         self.xen: subprocess.Popen | None = None
         self._client: ToolstackClient | None = None
         self.ready_s: float | None = None
+        self.devices: list = []  # (DeviceSpec, Popen, Xen's ctl end, secret, irq)
 
     # ---- boot ----------------------------------------------------------
 
@@ -51,6 +55,7 @@ class Host:
         t0 = time.monotonic()
         self.progress(f"Preparing run directory {rundir.prepare(self.name)}")
         self._write_auto()
+        self._start_devices()
         self.progress(f"Starting the hypervisor ({self.spec.memory_mib} MiB, "
                       f"{self.spec.cpus} CPUs) and Domain-0 ({self.spec.dom0_memory_mib} MiB)")
         self._start_xen()
@@ -74,16 +79,41 @@ class Host:
             with open(os.path.join(self.dir, "auto", f"{i:03d}-{dom.name}.json"), "w") as f:
                 json.dump(dom.to_wire(), f)
 
+    def _start_devices(self) -> None:
+        """Hardware first: each device gets a secret, an IRQ and a control
+        socket whose other end goes to Xen (hypervisor.public.platform)."""
+        for i, dev in enumerate(self.spec.devices):
+            secret = secrets.token_bytes(16)
+            xen_end, dev_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            irq = FIRST_DEVICE_IRQ + i
+            argv = [sys.executable, "-m", f"devices.{dev.kind}", "--host", self.name,
+                    "--name", dev.name, "--endpoint", xen_endpoint(self.name),
+                    "--secret", secret.hex(), "--ctl-fd", str(dev_end.fileno()),
+                    "--irq", str(irq), *dev.argv()]
+            self.progress(f"Starting device {dev.name} ({dev.kind}, IRQ {irq})")
+            with open(os.path.join(self.dir, "logs", f"{dev.name}.log"), "ab") as log:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, pass_fds=(dev_end.fileno(),),
+                                        start_new_session=True)
+            dev_end.close()
+            self.devices.append((dev, proc, xen_end, secret, irq))
+
     def _start_xen(self) -> None:
         s = self.spec
         argv = [sys.executable, "-m", "hypervisor", "--host", self.name, "--rundir", self.dir,
                 "--endpoint", xen_endpoint(self.name), "--memory", str(s.memory_mib),
                 "--cpus", str(s.cpus), "--dom0-memory", str(s.dom0_memory_mib),
                 "--dom0-vcpus", str(s.dom0_vcpus)]
+        fds = []
+        for dev, _, xen_end, secret, irq in self.devices:
+            argv += ["--device", f"{dev.name}:{dev.kind}:{secret.hex()}:{xen_end.fileno()}:{irq}"]
+            fds.append(xen_end.fileno())
         with open(os.path.join(self.dir, "logs", "hypervisor.log"), "ab") as log:
             self.xen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                        preexec_fn=_die_with_parent)
+                                        pass_fds=fds, preexec_fn=_die_with_parent)
+        for _, _, xen_end, _, _ in self.devices:
+            xen_end.close()
         me = psutil.Process()
         rundir.write_pids(self.dir, PidRecord(me.pid, me.create_time(), self.xen.pid,
                                               psutil.Process(self.xen.pid).create_time()))
@@ -142,8 +172,17 @@ class Host:
             except subprocess.TimeoutExpired:
                 self.xen.kill()
                 self.xen.wait()
+        self._stop_devices()
         kill_leftovers(self.name)
         rundir.remove_pids(self.dir)
+
+    def _stop_devices(self) -> None:
+        for _, proc, xen_end, _, _ in self.devices:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            xen_end.close()
+        self.devices = []
 
     def wait(self) -> int:
         """Supervise until the hypervisor exits; then make sure all is gone."""

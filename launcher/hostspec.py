@@ -451,12 +451,15 @@ def load_host_toml(path_or_text: str | os.PathLike[str]) -> HostSpec:
 def parse_host_toml(text: str, source: str = "<toml>", base_dir: Path | None = None) -> HostSpec:
     """A host from TOML `text`; `source` names it in errors and warnings."""
     data = _toml_loads(text, source)
-    _check_keys(data, ("host", "dom0", "domain"), source, "top level")
+    _check_keys(data, ("host", "dom0", "domain", "device"), source, "top level")
     fields = _table_fields(data, "host", _HOST_KEYS, source)
     fields.update(_table_fields(data, "dom0", _DOM0_KEYS, source))
     domains, warnings = _load_domains(data.get("domain", []), text, source, base_dir)
+    from launcher.devspec import parse_devices  # devspec imports this module
+    devices = parse_devices(data.get("device", []), source, str(base_dir) if base_dir else None)
     try:
-        return HostSpec(**fields, domains=tuple(domains), warnings=tuple(warnings))
+        return HostSpec(**fields, domains=tuple(domains), devices=devices,
+                        warnings=tuple(warnings))
     except ConfigError as e:
         raise e.located(source) from None
 

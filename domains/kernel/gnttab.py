@@ -22,6 +22,7 @@ from hypervisor.public.grant_table import (
     GNTST,
     GNTTAB_NR_RESERVED_ENTRIES,
     GRANT_ENTRIES_PER_FRAME,
+    GNTMAP_device_map,
     GNTMAP_host_map,
     GNTMAP_readonly,
     GnttabOp,
@@ -66,6 +67,7 @@ class GrantMapping:
     pfn: int
     readonly: bool
     page: memoryview = field(repr=False)
+    bus_addr: int = 0  # for DMA by Dom0's devices (GNTMAP_device_map)
 
 
 def receive_memory(ctl: socket.socket) -> ForeignMemory:
@@ -129,9 +131,13 @@ class GrantTableDriver:
 
     # ---- mapping -------------------------------------------------------
 
-    def map_grants(self, ops: list[tuple[int, int, bool]]) -> list[GrantMapping | int]:
-        """Batch map (dom, ref, readonly); each result is a mapping or a GNTST code."""
-        batch = [{"dom": d, "ref": r, "flags": GNTMAP_host_map | (GNTMAP_readonly if ro else 0)}
+    def map_grants(self, ops: list[tuple[int, int, bool]],
+                   device: bool = False) -> list[GrantMapping | int]:
+        """Batch map (dom, ref, readonly); each result is a mapping or a GNTST
+        code. `device` also maps the frame for DMA by our devices (its bus
+        address is in the mapping)."""
+        base = GNTMAP_host_map | (GNTMAP_device_map if device else 0)
+        batch = [{"dom": d, "ref": r, "flags": base | (GNTMAP_readonly if ro else 0)}
                  for d, r, ro in ops]
         _, out = self.client.check(OP, GnttabOp.map_grant_ref, batch, "map_grant_ref")
         return [self._mapped(res, op) for res, op in zip(out, ops, strict=True)]
@@ -143,11 +149,12 @@ class GrantTableDriver:
         if fm is None:
             fm = self.foreign[res["dom"]] = receive_memory(self.ctl)
         fm.refs += 1
-        pfn = res["dev_bus_addr"] >> 12
+        pfn = res["frame"]
         page = fm.page(pfn)
         if op[2]:
             page = page.toreadonly()
-        m = GrantMapping(res["handle"], res["dom"], op[1], pfn, op[2], page)
+        m = GrantMapping(res["handle"], res["dom"], op[1], pfn, op[2], page,
+                         res.get("dev_bus_addr", 0))
         self.maps[m.handle] = m
         return m
 
