@@ -15,7 +15,7 @@ from launcher.client import ToolstackClient
 from launcher.host import Host, kill_leftovers
 from launcher.hostspec import default_host, load_host_toml
 from launcher.rundir import HostError
-from launcher.xlcfg import parse_xl_cfg
+from launcher.xlcfg import parse_disk_spec, parse_xl_cfg
 
 
 def run(args) -> int:
@@ -197,9 +197,31 @@ def cmd_xl(args, host: str) -> int:
                 raise HostError(f"domain {args.dom} did not shut down in time")
         elif sub in ("destroy", "pause", "unpause"):
             c.call(sub, dom=args.dom)
+        elif sub == "block-list":
+            _print_vbds(c.call("block_list", dom=args.dom))
+        elif sub == "block-attach":
+            disk = parse_disk_spec(",".join(args.spec))
+            devid = c.call("block_attach", dom=args.dom, disk=_disk_wire(disk))
+            say(f"Attached {disk.vdev} (devid {devid}) to {args.dom}")
+        elif sub == "block-detach":
+            c.call("block_detach", dom=args.dom, vdev=args.vdev, force=args.force,
+                   timeout_s=20)
+            say(f"Detached {args.vdev} from {args.dom}")
         elif sub == "dmesg":
             sys.stdout.write(c.call("dmesg", clear=args.clear).decode(errors="replace"))
     return 0
+
+
+def _disk_wire(disk) -> dict:
+    return {"target": os.path.abspath(disk.target), "vdev": disk.vdev, "format": disk.format,
+            "access": disk.access}
+
+
+def _print_vbds(rows: list[dict]) -> None:
+    print(f"{'Vdev':<8}{'devid':>8}  {'BE':>3} {'BE-state':>9} {'FE-state':>9}  target")
+    for r in rows:
+        print(f"{r['vdev'] or '?':<8}{r['devid']:>8}  {0:>3} {r['backend_state'] or '-':>9} "
+              f"{r['frontend_state'] or '-':>9}  {r['target']}")
 
 
 def _print_info(info: dict, as_json: bool) -> None:

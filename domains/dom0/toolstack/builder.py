@@ -12,6 +12,7 @@ Order, as libxl does it:
 
 from dataclasses import dataclass
 
+from domains.dom0.toolstack import vbd
 from hypervisor.public.grant_table import (
     GNTST,
     GNTTAB_RESERVED_CONSOLE,
@@ -50,6 +51,8 @@ def create(dom0, spec: dict) -> Built:
         console = k.evtchn.alloc_unbound(0, dom=domid)
         _fill_memory(k, domid, store, console, spec.get("cmdline", ""))
         _xenstore_home(dom0, domid, spec, store, console)
+        for disk in spec.get("disks", []):
+            vbd.add_vbd(dom0.xs, domid, disk)
         dom0.xenstored.introduce_domain(domid, XENSTORE_PFN, store)
         dom0.consoled.attach(domid, spec["name"], console)
     except Exception:
@@ -114,5 +117,8 @@ def destroy(dom0, domid: int) -> None:
     dom0.xenstored.release_domain(domid)
     dom0.kernel.xen.call(Hypercall.domctl, DomctlCmd.destroydomain, {"domid": domid})
     xs = dom0.xs
-    for path in (f"/local/domain/{domid}", f"/vm/{domid}"):
+    vm = xs.try_read(f"/local/domain/{domid}/vm") or f"/vm/{domid}"
+    for dev in vbd.list_vbds(xs, domid):
+        vbd.remove_dirs(xs, domid, dev["devid"])
+    for path in (f"/local/domain/{domid}", vm, f"/libxl/{domid}"):
         xs.rm(path)

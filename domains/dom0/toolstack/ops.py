@@ -3,6 +3,7 @@
 import os
 import time
 
+from domains.dom0.toolstack import vbd
 from domains.dom0.toolstack.control import Wait
 from domains.dom0.toolstack.toolstack import ToolstackError
 from hypervisor.public.xen import DomctlCmd, Hypercall, SysctlCmd
@@ -86,6 +87,42 @@ def build_ops(dom0) -> dict:
             return ok if ok or expired else None
         return Wait(check, timeout_ms)
 
+    def block_list(dom, **_):
+        return vbd.list_vbds(xs, ts.lookup(dom))
+
+    def block_attach(dom, disk, **_):
+        domid = ts.lookup(dom)
+        if not isinstance(disk, dict) or not disk.get("target") or not disk.get("vdev"):
+            raise ToolstackError("block-attach needs a disk spec with target and vdev")
+        if any(d["vdev"] == disk["vdev"] for d in vbd.list_vbds(xs, domid)):
+            raise ToolstackError(f"{dom} already has a disk {disk['vdev']}")
+        try:
+            return vbd.add_vbd(xs, domid, disk)
+        except ValueError as exc:
+            raise ToolstackError(str(exc)) from None
+
+    def block_detach(dom, vdev, force=False, wait_ms=10_000, **_):
+        domid = ts.lookup(dom)
+        dev = next((d for d in vbd.list_vbds(xs, domid)
+                    if d["vdev"] == vdev or str(d["devid"]) == str(vdev)), None)
+        if dev is None:
+            raise ToolstackError(f"{dom} has no disk {vdev}")
+        if force or dev["backend_state"] is None:
+            vbd.remove_dirs(xs, domid, dev["devid"])
+            return True
+        vbd.request_remove(xs, domid, dev["devid"])
+
+        def check(expired):
+            _, be_path = vbd.paths(domid, dev["devid"])
+            if xs.try_read(f"{be_path}/state") in (None, "6"):
+                vbd.remove_dirs(xs, domid, dev["devid"])
+                return True
+            if expired:
+                raise ToolstackError(f"the backend of {vdev} did not close; "
+                                     "use --force to remove it anyway")
+            return None
+        return Wait(check, wait_ms)
+
     def halt(**_):
         k.call_soon(dom0.halt)
         return True
@@ -121,7 +158,9 @@ def build_ops(dom0) -> dict:
     return {"list": list_, "info": info, "create": create, "destroy": destroy,
             "shutdown": shutdown, "pause": pause, "unpause": unpause, "dmesg": dmesg,
             "console_read": console_read, "console_write": console_write,
-            "wait_booted": wait_booted, "wait_gone": wait_gone, "halt": halt, "xs_read": xs_read,
+            "wait_booted": wait_booted, "block_list": block_list,
+            "block_attach": block_attach, "block_detach": block_detach,
+            "wait_gone": wait_gone, "halt": halt, "xs_read": xs_read,
             "xs_write": xs_write, "xs_rm": xs_rm, "xs_wait": xs_wait, "xs_ls": xs_ls,
             "xs_perms": xs_perms}
 

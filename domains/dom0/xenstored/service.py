@@ -79,6 +79,12 @@ class Dom0Xs:
     def directory(self, path: str) -> list[str]:
         return self.c.directory(path)
 
+    def try_directory(self, path: str) -> list[str]:
+        try:
+            return self.c.directory(path)
+        except XsError:
+            return []
+
     def get_perms(self, path: str) -> list[str]:
         return self.c.get_perms(path)
 
