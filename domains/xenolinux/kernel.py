@@ -53,7 +53,8 @@ def boot(kernel) -> Guest:
     g.printk(f"Linux version 6.1.0-xenolab (XenoLinux) on Xen {XEN_VERSION[0]}."
              f"{XEN_VERSION[1]}, domid {kernel.domid}")
     g.printk(f"Memory: {si.nr_pages * 4} KiB ({kernel.frames.nr_free} free frames)")
-    g.printk(f"Grant table at pfn {kernel.frames.total + 3}; timer on port {kernel.timer_port}")
+    g.printk(f"Grant table: {kernel.boot['max_grant_frames']} frames; "
+             f"timer VIRQ on port {kernel.timer_port}")
     g.printk(f"hvc0: console on port {si.console_evtchn}")
     name = g.xs.read("name")
     g.printk(f"xenbus: connected to xenstore on port {si.store_evtchn}; I am '{name}'")
@@ -63,5 +64,7 @@ def boot(kernel) -> Guest:
 
 def main(kernel) -> None:
     g = boot(kernel)
+    # No shell yet: show that console input reaches the guest through in[].
+    g.console.on_input = lambda data: g.printk(f"hvc0: input {data.decode(errors='replace')!r}")
     g.printk("Freeing unused kernel memory; init: idle")
     kernel.run()

@@ -98,3 +98,25 @@ def test_down_via_cli_leaves_nothing():
     assert_no_leaks(name, shm)
     again = xenolab("down", "--host", name, check=False)
     assert again.returncode == 1 and "no running host" in again.stderr
+
+
+def test_xl_console_shows_output_takes_input_and_detaches(make_host):
+    import subprocess
+    import sys
+    h = make_host(default_host())
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "xl", "console", "d1",
+                             "--host", h.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc.stdin.write(b"hello xen\n")
+    proc.stdin.flush()
+    log = os.path.join(h.dir, "console", "d1.log")
+    for _ in range(500):  # until the guest has echoed the line
+        with open(log) as f:
+            if "hvc0: input 'hello xen" in f.read():
+                break
+        h.xl("list")
+    proc.stdin.write(b"\x1d")  # Ctrl-] detaches
+    proc.stdin.close()
+    out = proc.stdout.read().decode()
+    proc.stdout.close()
+    assert proc.wait(10) == 0
+    assert "xenbus: connected to xenstore" in out and "hvc0: input 'hello xen" in out
