@@ -13,6 +13,7 @@ Order, as libxl does it:
 from dataclasses import dataclass
 
 from domains.dom0.toolstack import vbd
+from domains.dom0.xenstored.perms import XsError
 from hypervisor.public.grant_table import (
     GNTST,
     GNTTAB_RESERVED_CONSOLE,
@@ -121,4 +122,7 @@ def destroy(dom0, domid: int) -> None:
     for dev in vbd.list_vbds(xs, domid):
         vbd.remove_dirs(xs, domid, dev["devid"])
     for path in (f"/local/domain/{domid}", vm, f"/libxl/{domid}"):
-        xs.rm(path)
+        try:
+            xs.rm(path)
+        except XsError:  # never written (e.g. /libxl without devices)
+            pass

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+import traceback
 
 from domains.dom0.toolstack import builder
 from hypervisor.public.xen import DomctlCmd, Hypercall, ShutdownReason, SysctlCmd
@@ -63,7 +64,7 @@ class Toolstack:
         os.makedirs(self.dir, exist_ok=True)
         self.listeners: list = []  # called after any domain change
         self.restarts: dict[str, list[float]] = {}
-        dom0.xs.watch("@releaseDomain", "toolstack", lambda *_: self.reconcile())
+        dom0.xs.watch("@releaseDomain", "toolstack", lambda *_: self._reconcile_logged())
 
     # ---- queries -------------------------------------------------------
 
@@ -116,6 +117,13 @@ class Toolstack:
             raise ToolstackError(f"{DomctlCmd(cmd).name} of domain {domid} failed ({rc})")
 
     # ---- reacting to Xen -----------------------------------------------
+
+    def _reconcile_logged(self) -> None:
+        """The watch callback: a failure is the toolstack's, not Dom0's kernel's."""
+        try:
+            self.reconcile()
+        except Exception:
+            self.k.console_io("toolstack: reconcile failed:\n" + traceback.format_exc())
 
     def reconcile(self) -> None:
         """@releaseDomain fired: apply the config's action to each domain
