@@ -1,6 +1,7 @@
 """Domain-0's kernel: xenstored, xenconsoled and the toolstack in one process.
 
-Boot order: Xen's start_info -> grant table and timer -> xenstored (binds
+Boot order: Xen's start_info -> grant table and timer -> the physical
+devices (drivers.probe) -> xenstored (binds
 VIRQ_DOM_EXC) -> xenconsoled -> toolstack and its control socket -> the
 domains listed in <rundir>/auto (like xendomains) -> idle.
 """
@@ -11,6 +12,8 @@ import os
 import sys
 import time
 
+from domains.dom0.drivers import probe
+from domains.dom0.drivers.ops import build_phys_ops
 from domains.dom0.toolstack import ops
 from domains.dom0.toolstack.control import ControlServer
 from domains.dom0.toolstack.toolstack import Toolstack, ToolstackError
@@ -25,11 +28,12 @@ class Dom0:
     def __init__(self, kernel) -> None:
         self.kernel = kernel
         kernel.early_boot()
+        self.disks = probe(kernel)  # the physical devices Xen assigned to us
         self.xenstored = XenstoredService(kernel)
         self.xs = self.xenstored.local
         self.consoled = Xenconsoled(kernel, kernel.rundir)
         self.toolstack = Toolstack(self)
-        self.control = ControlServer(self, ops.build_ops(self))
+        self.control = ControlServer(self, {**ops.build_ops(self), **build_phys_ops(self)})
         self.consoled.on_output.append(lambda _d: self.control.recheck())
         self.toolstack.listeners.append(self.control.recheck)
         # Parked requests may wait on any node of a domain (xs_wait).

@@ -1,0 +1,255 @@
+"""Domain-0's physical disk driver (the controller of hypervisor.public.diskdev).
+
+Rules:
+1. Dom0 owns the queue pair and the info page: contiguous frames of its own
+   memory, so their bus addresses are their pfns (identity IOMMU map). The
+   ring is initialised (SHARED_RING_INIT) before "init" goes out.
+2. The completion interrupt is the device's physical IRQ, bound with
+   bind_pirq. Its handler takes every completion, FINAL_CHECKs, and then
+   refills the ring from the wait queue.
+3. Doorbells: commands submitted in one turn of the event loop are published
+   together (call_soon), and the doorbell is rung only when push_requests()
+   says so: the device arms req_event when it goes idle.
+4. A buffer named by a command belongs to the device until that command's
+   callback has run: do not reuse, free or unmap it before.
+5. The device is not trusted: a completion with an id we never issued is
+   counted and dropped; a lying rsp_prod halts the driver and fails every
+   command in flight.
+"""
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zmq
+
+from domains.kernel.ring import FrontRing, RingError, RingStatistics
+from hypervisor.public.diskdev import (
+    CMD_SIZE,
+    DISK_INFO_MAGIC,
+    DISK_RING_PAGES,
+    INFO_SIZE,
+    DiskFeature,
+    DiskOp,
+    DiskStatus,
+    encode_mmio,
+    pack_command,
+    unpack_completion,
+    unpack_info,
+)
+from hypervisor.public.xen import PAGE_SHIFT, PAGE_SIZE, Hypercall, SchedOp
+
+Callback = Callable[[int], None]
+KICK = encode_mmio("kick")
+
+
+@dataclass(frozen=True, slots=True)
+class DiskStatistics:
+    submitted: int
+    completed: int
+    errors: int
+    in_flight: int
+    queued: int
+    doorbells: int
+    irqs: int
+    unknown_completions: int
+    ring: RingStatistics
+
+
+class DiskDriver:
+    def __init__(self, kernel, dev: dict, ctx: zmq.Context,
+                 ring_pages: int = DISK_RING_PAGES) -> None:
+        self.k, self.name, self.irq = kernel, dev["name"], dev["irq"]
+        self.ring_pfns = kernel.frames.alloc_contiguous(ring_pages)
+        self.info_pfn = kernel.frames.alloc()
+        first = self.ring_pfns[0]
+        self.ring_buf = kernel.mem[first * PAGE_SIZE:(first + ring_pages) * PAGE_SIZE]
+        self.ring = FrontRing(self.ring_buf, CMD_SIZE)
+        self.info_page = kernel.page(self.info_pfn)
+        self.info_page[:] = bytes(PAGE_SIZE)  # no stale magic (diskdev rule 4)
+        self.info: dict | None = None
+        self.error = ""
+        self.inflight: dict[int, Callback | None] = {}
+        self.waiting: deque[bytes] = deque()
+        self._ids = itertools.count(1)
+        self._push_soon = False
+        self.submitted = self.completed = self.errors = self.doorbells = self.irqs = 0
+        self.unknown = 0
+        self.irq_ns = 0  # when the last completion interrupt was handled
+        self._connect(dev, ctx)
+
+    def _connect(self, dev: dict, ctx: zmq.Context) -> None:
+        self.mmio = ctx.socket(zmq.PUSH)
+        self.mmio.setsockopt(zmq.LINGER, 0)
+        self.mmio.connect(dev["mmio"])
+        self.port = self.k.evtchn.bind_pirq(self.irq)
+        self.k.evtchn.on(self.port, self._on_irq)
+        self.send_mmio("init", ring_bfn=self.ring_pfns[0], ring_pages=len(self.ring_pfns),
+                       info_bfn=self.info_pfn)
+
+    # ---- bring-up --------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.info is not None and not self.error
+
+    @property
+    def capacity_sectors(self) -> int:
+        return self.info["capacity_sectors"] if self.info else 0
+
+    @property
+    def features(self) -> DiskFeature:
+        return DiskFeature(self.info["features"] if self.info else 0)
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Boot: SCHEDOP_poll on our IRQ's port until the info page is valid."""
+        deadline = time.monotonic_ns() + int(timeout_s * 1e9)
+        while True:
+            self.k.evtchn.clear(self.port)  # before the check: an IRQ after it re-pends
+            if self._check_info() or self.error:
+                return self.ready
+            left = deadline - time.monotonic_ns()
+            if left <= 0:
+                return False
+            self.k.xen.call(Hypercall.sched_op, SchedOp.poll,
+                            {"ports": [self.port], "timeout_ns": left})
+
+    def _check_info(self) -> bool:
+        if self.info is not None:
+            return True
+        with self.info_page[:4].cast("I") as magic:
+            if magic[0] != DISK_INFO_MAGIC:
+                return False
+        info = unpack_info(bytes(self.info_page[:INFO_SIZE]))
+        if info["init_status"] != 0:
+            self.error = f"device refused init ({info['init_status']})"
+            return False
+        self.info = info
+        self._refill()
+        return True
+
+    # ---- commands ----------------------------------------------------------
+
+    def submit(self, op: int, sector: int, segments: list[tuple[int, int, int]],
+               flags: int = 0, callback: Callback | None = None,
+               nr_sectors: int | None = None) -> int:
+        """Queue one command; ``segments`` are (bus_addr, first_sect, last_sect)
+        with page-aligned bus addresses. ``callback(status)`` runs from the IRQ."""
+        if self.error:
+            raise OSError(f"{self.name}: {self.error}")
+        if any(bus & (PAGE_SIZE - 1) for bus, _, _ in segments):
+            raise ValueError("bus addresses must be page-aligned (use first_sect)")
+        id_ = next(self._ids)
+        segs = [(bus >> PAGE_SHIFT, first, last) for bus, first, last in segments]
+        cmd = pack_command(op, id_, sector, segs, flags, nr_sectors)
+        self.inflight[id_] = callback
+        self.submitted += 1
+        if self.waiting or not self.ready or self.ring.full():
+            self.waiting.append(cmd)
+        else:
+            self.ring.put_request(cmd)
+            self._schedule_push()
+        return id_
+
+    def flush(self, callback: Callback | None = None) -> int:
+        return self.submit(DiskOp.flush, 0, [], 0, callback)
+
+    def discard(self, sector: int, nr_sectors: int, callback: Callback | None = None) -> int:
+        return self.submit(DiskOp.discard, sector, [], 0, callback, nr_sectors)
+
+    def _schedule_push(self) -> None:
+        if not self._push_soon:
+            self._push_soon = True
+            self.k.call_soon(self._push)
+
+    def _push(self) -> None:
+        self._push_soon = False
+        if self.ring.push_requests():
+            self.doorbells += 1
+            self._send(KICK)
+
+    def _refill(self) -> None:
+        moved = False
+        while self.waiting and not self.ring.full():
+            self.ring.put_request(self.waiting.popleft())
+            moved = True
+        if moved:
+            self._schedule_push()
+
+    # ---- completions ---------------------------------------------------------
+
+    def _on_irq(self, _port: int) -> None:
+        self.irqs += 1
+        self.irq_ns = time.monotonic_ns()
+        if not self._check_info():
+            return
+        try:
+            self._take_completions()
+        except RingError as exc:
+            self._halt(str(exc))
+            return
+        self._refill()
+
+    def _take_completions(self) -> None:
+        while True:
+            for raw in self.ring.take_responses():
+                self._complete(*unpack_completion(raw))
+            if not self.ring.final_check_for_responses():
+                return
+
+    def _complete(self, id_: int, _op: int, status: int) -> None:
+        if id_ not in self.inflight:
+            self.unknown += 1  # rule 5: a device answering for nothing
+            return
+        callback = self.inflight.pop(id_)
+        self.completed += 1
+        self.errors += status != DiskStatus.ok
+        if callback is not None:
+            callback(status)
+
+    def _halt(self, why: str) -> None:
+        self.error = why
+        self.waiting.clear()
+        failed, self.inflight = self.inflight, {}
+        for callback in failed.values():
+            if callback is not None:
+                callback(DiskStatus.error)
+
+    # ---- MMIO, statistics ------------------------------------------------------
+
+    def send_mmio(self, op: str, **fields) -> None:
+        self._send(encode_mmio(op, **fields))
+
+    def set_fault(self, mode: str, rate: float = 0.0) -> None:
+        self.send_mmio("fault", mode=mode, rate=rate)
+
+    def set_latency(self, spec: str) -> None:
+        self.send_mmio("latency", spec=spec)
+
+    def _send(self, frame: bytes) -> None:
+        try:
+            self.mmio.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # a dead device: the MMIO write goes nowhere, as on a bus
+
+    def statistics(self) -> DiskStatistics:
+        return DiskStatistics(self.submitted, self.completed, self.errors, len(self.inflight),
+                              len(self.waiting), self.doorbells, self.irqs, self.unknown,
+                              self.ring.statistics())
+
+    def describe(self) -> dict:
+        info = dict(self.info or {})
+        info.pop("magic", None)
+        return {"name": self.name, "irq": self.irq, "port": self.port, "ready": self.ready,
+                "error": self.error, **info,
+                "features": [f.name for f in DiskFeature if f in self.features],
+                "ring_bfn": self.ring_pfns[0], "ring_slots": self.ring.size,
+                "statistics": _as_dict(self.statistics())}
+
+
+def _as_dict(stats: DiskStatistics) -> dict:
+    out = {k: getattr(stats, k) for k in DiskStatistics.__slots__ if k != "ring"}
+    out["ring"] = {k: getattr(stats.ring, k) for k in RingStatistics.__slots__}
+    return out
