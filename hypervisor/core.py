@@ -342,7 +342,7 @@ class Hypervisor:
         return self.iommu.map(0, handle, granter, pfn, not flags & GNTMAP_readonly)
 
     def device_list(self) -> list[dict]:
-        return [{"name": d.name, "kind": d.kind, "irq": d.irq,
+        return [{"name": d.name, "kind": d.kind, "irq": d.irq, "image": getattr(d, "image", ""),
                  "mmio": mmio_endpoint(self.host, d.name)} for d in self.devices.values()]
 
     # ---- memory handed to other domains ---------------------------------

@@ -9,6 +9,7 @@ Rules (hypervisor.public.platform):
 3. Unmapping clears the entry at once; the bus frame is reused later.
 """
 
+import os
 import socket
 from dataclasses import dataclass, field
 
@@ -24,14 +25,23 @@ class Device:
     secret: bytes
     ctl: socket.socket
     irq: int
+    image: str = ""  # a disk's image file (absolute path): which vbd `params` it serves
     up: bool = False
     doms_given: set[int] = field(default_factory=set)
 
 
-def parse_device_arg(arg: str) -> tuple[str, str, bytes, int, int]:
-    """NAME:KIND:SECRETHEX:CTLFD:IRQ from the launcher."""
-    name, kind, secret, fd, irq = arg.split(":")
-    return name, kind, bytes.fromhex(secret), int(fd), int(irq)
+def parse_device_arg(arg: str) -> tuple[str, str, bytes, int, int, str]:
+    """NAME:KIND:SECRETHEX:CTLFD:IRQ[:IMAGEHEX] from the launcher.
+
+    IMAGEHEX is the image path's bytes in hex (so a ':' in it is safe);
+    without it the device has no image ("").
+    """
+    fields = arg.split(":")
+    if len(fields) not in (5, 6):
+        raise ValueError(f"--device {arg!r}: expected NAME:KIND:SECRETHEX:CTLFD:IRQ[:IMAGEHEX]")
+    name, kind, secret, fd, irq = fields[:5]
+    image = os.fsdecode(bytes.fromhex(fields[5])) if len(fields) == 6 else ""
+    return name, kind, bytes.fromhex(secret), int(fd), int(irq), image
 
 
 class Iommu:

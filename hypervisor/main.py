@@ -27,7 +27,8 @@ def parse(argv):
     p.add_argument("--dom0-vcpus", type=int, default=1)
     p.add_argument("--dom0-kernel", default="domains.dom0.kernel")
     p.add_argument("--device", action="append", default=[],
-                   help="NAME:KIND:SECRETHEX:CTLFD:IRQ of a device the launcher started")
+                   help="NAME:KIND:SECRETHEX:CTLFD:IRQ[:IMAGEHEX] of a device the launcher "
+                   "started (IMAGEHEX: its image path, hex-encoded)")
     return p.parse_args(argv)
 
 
@@ -48,7 +49,9 @@ def main(argv=None) -> int:
     spawn.die_with_parent(signal.SIGTERM)  # the launcher died: power off
     xen = Hypervisor(a.host, a.rundir, a.endpoint, a.memory, a.cpus)
     for arg in a.device:
-        xen.add_device(*parse_device_arg(arg))
+        name, kind, secret, fd, irq, image = parse_device_arg(arg)
+        xen.add_device(name, kind, secret, fd, irq)
+        xen.devices[secret].image = image
     xen.console.write(f"Xen {xen.host} booting: {a.memory} MiB, {a.cpus} CPUs")
     code = EXIT_HALT
     try:

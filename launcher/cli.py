@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _host_arg(down)
     _xl_parser(sub)
     _xenstore_parser(sub)
+    _dev_parser(sub)
     _bench_parser(sub)
     return p
 
@@ -89,6 +90,25 @@ def _xenstore_parser(sub) -> None:
     _host_arg(c)
 
 
+def _dev_parser(sub) -> None:
+    d = sub.add_parser("dev", help="the host's physical devices (through Domain-0's drivers)")
+    _host_arg(d)
+    ds = d.add_subparsers(dest="dev_command", required=True, metavar="SUBCOMMAND")
+    c = ds.add_parser("list", help="the disk controllers Domain-0 drives")
+    c.add_argument("--json", action="store_true")
+    _host_arg(c)
+    c = ds.add_parser("fault", help="inject faults: none, eio, hang or die")
+    c.add_argument("dev")
+    c.add_argument("mode", choices=("none", "eio", "hang", "die"))
+    c.add_argument("--rate", type=float, default=0.0,
+                   help="chance per command (default 0: every command)")
+    _host_arg(c)
+    c = ds.add_parser("latency", help="service time: none, fixed:USEC, hdd or hdd:RPM")
+    c.add_argument("dev")
+    c.add_argument("spec")
+    _host_arg(c)
+
+
 def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks against a same-run baseline")
     _host_arg(b)
@@ -96,6 +116,17 @@ def _bench_parser(sub) -> None:
     c = bs.add_parser("evtchn", help="event-channel round trip between two DomUs")
     c.add_argument("--count", type=int, default=10_000)
     c.add_argument("--json", action="store_true")
+    _host_arg(c)
+    c = bs.add_parser("blk", help="fio-like block I/O from a DomU through blkfront")
+    c.add_argument("--rw", default="randread",
+                   choices=("read", "write", "randread", "randwrite", "randrw"))
+    c.add_argument("--bs", default="4k", help="block size (default 4k)")
+    c.add_argument("--iodepth", type=int, default=1, help="I/Os in flight (default 1)")
+    c.add_argument("--runtime", type=float, default=5.0, help="seconds measured (default 5)")
+    c.add_argument("--size", default="64M", help="the guest disk's size (default 64M)")
+    c.add_argument("--seed", type=int, default=1, help="random offsets' seed (default 1)")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--plot", metavar="FILE.png", help="draw the latency distribution")
     _host_arg(c)
 
 

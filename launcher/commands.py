@@ -12,6 +12,7 @@ from setproctitle import setproctitle
 
 from launcher import console, rundir
 from launcher.client import ToolstackClient
+from launcher.devspec import check_latency, resolve_disks, resolve_image
 from launcher.host import Host, kill_leftovers
 from launcher.hostspec import default_host, load_host_toml
 from launcher.rundir import HostError
@@ -28,6 +29,8 @@ def run(args) -> int:
         return cmd_xl(args, host)
     if args.command == "xenstore":
         return cmd_xenstore(args, host)
+    if args.command == "dev":
+        return cmd_dev(args, host)
     if args.command == "bench":
         from launcher.bench import run_bench
         return run_bench(args, host)
@@ -187,6 +190,9 @@ def cmd_xl(args, host: str) -> int:
                 spec, warnings = parse_xl_cfg(f.read(), args.cfg)
             for w in warnings:
                 print(f"xenolab: warning: {w}", file=sys.stderr)
+            for disk in spec.disks:
+                _warn_if_cwd_file(disk.target, host)
+            spec = resolve_disks(spec, rundir.image_dir(host))
             domid = c.call("create", spec=spec.to_wire(), paused=args.paused, timeout_s=30)
             say(f"Created domain {spec.name} (id {domid})")
         elif sub in ("shutdown", "reboot"):
@@ -200,8 +206,10 @@ def cmd_xl(args, host: str) -> int:
         elif sub == "block-list":
             _print_vbds(c.call("block_list", dom=args.dom))
         elif sub == "block-attach":
-            disk = parse_disk_spec(",".join(args.spec))
-            devid = c.call("block_attach", dom=args.dom, disk=_disk_wire(disk))
+            # like xl, each argument is part of the spec: "vdev=xvdb," "target=x"
+            pieces = [p.rstrip().rstrip(",") for p in args.spec[:-1]] + args.spec[-1:]
+            disk = parse_disk_spec(",".join(pieces))
+            devid = c.call("block_attach", dom=args.dom, disk=_disk_wire(disk, host))
             say(f"Attached {disk.vdev} (devid {devid}) to {args.dom}")
         elif sub == "block-detach":
             c.call("block_detach", dom=args.dom, vdev=args.vdev, force=args.force,
@@ -212,9 +220,23 @@ def cmd_xl(args, host: str) -> int:
     return 0
 
 
-def _disk_wire(disk) -> dict:
-    return {"target": os.path.abspath(disk.target), "vdev": disk.vdev, "format": disk.format,
-            "access": disk.access}
+def _disk_wire(disk, host: str) -> dict:
+    """A disk for the toolstack; a relative target names an image in the
+    host's image directory, as in host descriptions (launcher.devspec rule 1)."""
+    _warn_if_cwd_file(disk.target, host)
+    return {"target": resolve_image(disk.target, rundir.image_dir(host)), "vdev": disk.vdev,
+            "format": disk.format, "access": disk.access}
+
+
+def _warn_if_cwd_file(target: str, host: str) -> None:
+    """Say so when a relative target also names a different file here."""
+    if not target or os.path.isabs(target) or not os.path.exists(target):
+        return
+    resolved = resolve_image(target, rundir.image_dir(host))
+    if os.path.realpath(target) != os.path.realpath(resolved):
+        print(f"xenolab: warning: target {target!r} is {resolved} (the host's image "
+              f"directory), not ./{target}; give an absolute path for that one",
+              file=sys.stderr)
 
 
 def _print_vbds(rows: list[dict]) -> None:
@@ -255,3 +277,31 @@ def cmd_xenstore(args, host: str) -> int:
         elif sub == "rm":
             c.call("xs_rm", path=args.path)
     return 0
+
+
+# ---- dev -------------------------------------------------------------------------
+
+def cmd_dev(args, host: str) -> int:
+    sub = args.dev_command
+    with ToolstackClient(host) as c:
+        if sub == "list":
+            rows = c.call("phys_list")
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                _print_devs(rows)
+        elif sub == "fault":
+            c.call("phys_fault", dev=args.dev, mode=args.mode, rate=args.rate)
+        elif sub == "latency":
+            c.call("phys_latency", dev=args.dev, spec=check_latency(args.spec))
+    return 0
+
+
+def _print_devs(rows: list[dict]) -> None:
+    print(f"{'Name':<24}{'IRQ':>4}{'MiB':>7}  {'State':<6}{'Done':>9}{'Errors':>7}{'Queue':>6}")
+    for r in rows:
+        stats = r.get("statistics", {})
+        mib = r.get("capacity_sectors", 0) * r.get("sector_size", 512) >> 20
+        state = "ready" if r["ready"] else (r["error"] or "probe")[:6]
+        print(f"{r['name']:<24}{r['irq']:>4}{mib:>7}  {state:<6}{stats.get('completed', 0):>9}"
+              f"{stats.get('errors', 0):>7}{stats.get('in_flight', 0):>6}")

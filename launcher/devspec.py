@@ -2,17 +2,39 @@
 
 A device exists before Xen boots (the launcher starts it first) and is
 assigned to Domain-0. Kinds: "disk" (an image file behind a controller).
+
+Rules:
+1. Images. A disk target or a [[device]] image that is a relative path
+   names a file in the host's image directory (launcher.rundir.image_dir),
+   wherever it is written: a TOML host description, an xl.cfg file, `xl
+   create` or `xl block-attach`. An absolute path is used as it is.
+   `resolve_image` applies this; paths are normalised, never followed
+   through symlinks, because blkback matches a vbd's `params` to a
+   device's image as strings.
+2. One controller per image. Every DomU disk of a host description is
+   served by a disk device: a [[device]] whose image is the disk's target,
+   or else an implicit one that `with_disk_devices` adds, named
+   `vbd-<domain>-<vdev>` (lower-cased, shortened and numbered to stay a
+   valid, unique device name), with no latency and no faults. Disks that
+   share a target share its device.
+3. Everything here is data: the launcher creates missing images and starts
+   the devices.
 """
 
+import dataclasses
+import itertools
 import os
 import re
 from dataclasses import dataclass
 
-from launcher.hostspec import ConfigError
+from launcher.hostspec import ConfigError, DomainSpec, HostSpec, check_int, check_text
 
 KINDS = ("disk",)
-NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
-LATENCY_RE = re.compile(r"^(none|hdd|fixed:\d+)$")
+NAME_MAX = 31
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")  # NAME_MAX characters
+IMPLICIT_PREFIX = "vbd"
+LATENCY_RE = re.compile(r"^(none|fixed:[0-9]+|hdd(:[0-9]+)?)$")
+HDD_RPM = (1000, 20000)
 
 
 @dataclass(frozen=True)
@@ -20,11 +42,17 @@ class DeviceSpec:
     name: str
     kind: str = "disk"
     image: str = ""
-    latency: str = "none"  # none | fixed:USEC | hdd
+    latency: str = "none"  # none | fixed:USEC | hdd | hdd:RPM (devices.latency)
     fail_rate: float = 0.0  # EIO on this fraction of commands
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_text("device name", self.name)
+        for key in ("kind", "image", "latency"):
+            check_text(f"device {self.name}: {key}", getattr(self, key), empty_ok=True)
+        if type(self.fail_rate) not in (int, float):
+            raise ConfigError(f"device {self.name}: fail_rate must be a number")
+        check_int(f"device {self.name}: seed", self.seed, 0, 2**63 - 1)
         if not NAME_RE.match(self.name):
             raise ConfigError(f"device name {self.name!r}: lower-case letters, digits, '-', '_'")
         if self.kind not in KINDS:
@@ -32,8 +60,7 @@ class DeviceSpec:
             raise ConfigError(f"device {self.name}: unknown kind {self.kind!r} ({kinds})")
         if self.kind == "disk" and not self.image:
             raise ConfigError(f"device {self.name}: a disk needs image = PATH")
-        if not LATENCY_RE.match(self.latency):
-            raise ConfigError(f"device {self.name}: latency must be none, hdd or fixed:USEC")
+        check_latency(self.latency, f"device {self.name}: ")
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ConfigError(f"device {self.name}: fail_rate must be within 0..1")
 
@@ -43,21 +70,85 @@ class DeviceSpec:
                 "--fail-rate", str(self.fail_rate), "--seed", str(self.seed)]
 
 
-def parse_devices(tables: object, source: str, base_dir: str | None) -> tuple[DeviceSpec, ...]:
+def check_latency(spec: str, where: str = "") -> str:
+    """A disk latency model as devices.latency reads it, else ConfigError."""
+    m = LATENCY_RE.match(spec)
+    if not m or m[2] and not HDD_RPM[0] <= int(m[2][1:]) <= HDD_RPM[1]:
+        raise ConfigError(f"{where}latency must be none, fixed:USEC, hdd or "
+                          f"hdd:RPM ({HDD_RPM[0]}..{HDD_RPM[1]}), not {spec!r}")
+    return spec
+
+
+def parse_devices(tables: object, source: str) -> tuple[DeviceSpec, ...]:
+    """DeviceSpecs from `[[device]]` tables; relative images stay relative (rule 1)."""
     if not isinstance(tables, list):
         raise ConfigError("[[device]] must be an array of tables").located(source)
     out = []
     for t in tables:
         if not isinstance(t, dict):
             raise ConfigError("[[device]] must be a table").located(source)
-        t = dict(t)
-        if base_dir and t.get("image") and not os.path.isabs(t["image"]):
-            t["image"] = os.path.join(base_dir, t["image"])
+        keys = [f.name for f in dataclasses.fields(DeviceSpec)]
+        for key in t:
+            if key not in keys:
+                raise ConfigError(f"unknown key {key!r} in [[device]] "
+                                  f"(expected {', '.join(keys)})").located(source)
         try:
             out.append(DeviceSpec(**t))
-        except TypeError as exc:
-            raise ConfigError(f"[[device]]: {exc}").located(source) from None
+        except ConfigError as exc:
+            raise exc.located(source) from None
     names = [d.name for d in out]
     if len(set(names)) != len(names):
         raise ConfigError("duplicate device names").located(source)
     return tuple(out)
+
+
+# --- images and the implicit per-disk devices --------------------------------
+
+
+def resolve_image(path: str, image_dir: str) -> str:
+    """The absolute path of a disk target or device image (rule 1); "" stays ""."""
+    if not path:
+        return path  # an empty cdrom drive
+    return os.path.normpath(os.path.join(image_dir, path))  # join keeps an absolute path
+
+
+def resolve_disks(dom: DomainSpec, image_dir: str) -> DomainSpec:
+    """`dom` with every disk target resolved against `image_dir`."""
+    disks = tuple(dataclasses.replace(d, target=resolve_image(d.target, image_dir))
+                  for d in dom.disks)
+    return dom if disks == dom.disks else dataclasses.replace(dom, disks=disks)
+
+
+def with_disk_devices(spec: HostSpec, image_dir: str) -> HostSpec:
+    """`spec` with images resolved (rule 1) and a device for every DomU disk (rule 2).
+
+    The result's `devices` are the [[device]]s first, in order, then the
+    implicit ones in the order of the domains and their disks.
+    """
+    devices = [dataclasses.replace(d, image=resolve_image(d.image, image_dir))
+               for d in spec.devices]
+    served = {d.image for d in devices if d.kind == "disk"}
+    taken = {d.name for d in devices}
+    domains = []
+    for dom in spec.domains:
+        dom = resolve_disks(dom, image_dir)
+        for disk in dom.disks:
+            if disk.target and disk.target not in served:
+                name = implicit_name(dom.name, disk.vdev, taken)
+                devices.append(DeviceSpec(name=name, kind="disk", image=disk.target))
+                served.add(disk.target)
+                taken.add(name)
+        domains.append(dom)
+    return dataclasses.replace(spec, domains=tuple(domains), devices=tuple(devices))
+
+
+def implicit_name(domain: str, vdev: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """`vbd-<domain>-<vdev>` as a valid device name not in `taken` (rule 2)."""
+    slug = re.sub(r"[^a-z0-9_-]", "_", domain.lower())
+    for n in itertools.count(1):
+        suffix = f"-{vdev}" + (f"-{n}" if n > 1 else "")
+        room = NAME_MAX - len(IMPLICIT_PREFIX) - 1 - len(suffix)
+        name = f"{IMPLICIT_PREFIX}-{slug[:room]}{suffix}"
+        if name not in taken:
+            return name
+    raise AssertionError("unreachable")

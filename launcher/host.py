@@ -1,14 +1,19 @@
 """Instantiating a host description: the supervisor (the host's firmware).
 
 Rules:
-1. The supervisor starts the hypervisor (devices come first once there are
-   any), waits until every domain has booted, and from then on only
-   watches: when the hypervisor exits, for whatever reason, it tears the
-   host down so that no process of it survives.
+1. The supervisor starts the devices (hardware: they exist before Xen
+   boots), then the hypervisor, waits until every domain has booted, and
+   from then on only watches: when the hypervisor exits, for whatever
+   reason, it tears the host down so that no process of it survives.
 2. Orderly shutdown goes through Domain-0 (the toolstack halts the guests,
    then Dom0 powers off and Xen exits); force is the fallback: SIGTERM to
    Xen, then SIGKILL to anything titled as part of this host.
 3. `with Host(spec) as h:` boots and always tears down (STYLE.md 12).
+4. Disks: `Host.spec` is the description with every image path resolved
+   and one disk device per image (launcher.devspec). Before the devices
+   start, every missing image is made (a 16 MiB ext2 from the XenoLinux
+   template, launcher.images); an existing one is never touched, so what a
+   guest wrote survives a reboot of the host.
 """
 
 import json
@@ -26,10 +31,13 @@ from hypervisor.public.endpoints import xen_endpoint
 from hypervisor.public.platform import FIRST_DEVICE_IRQ
 from launcher import rundir
 from launcher.client import ToolstackClient
+from launcher.devspec import DeviceSpec, with_disk_devices
 from launcher.hostspec import HostSpec
+from launcher.images import make_image
 from launcher.rundir import HostError, PidRecord
 
 BOOT_TIMEOUT_S = 30.0
+IMAGE_MIB = 16  # the size of an image the launcher makes
 DOWN_TIMEOUT_S = 10.0
 
 
@@ -40,8 +48,9 @@ def _die_with_parent():
 
 class Host:
     def __init__(self, spec: HostSpec, name: str | None = None, progress=None) -> None:
-        self.spec = spec
         self.name = rundir.host_name(name or spec.name)
+        self.image_dir = rundir.image_dir(self.name)
+        self.spec = with_disk_devices(spec, self.image_dir)
         self.progress = progress or (lambda msg: None)
         self.dir = rundir.path(self.name)
         self.xen: subprocess.Popen | None = None
@@ -55,11 +64,13 @@ class Host:
         t0 = time.monotonic()
         self.progress(f"Preparing run directory {rundir.prepare(self.name)}")
         self._write_auto()
-        self._start_devices()
-        self.progress(f"Starting the hypervisor ({self.spec.memory_mib} MiB, "
-                      f"{self.spec.cpus} CPUs) and Domain-0 ({self.spec.dom0_memory_mib} MiB)")
-        self._start_xen()
         try:
+            self._make_images()
+            self._start_devices()
+            self.progress(f"Starting the hypervisor ({self.spec.memory_mib} MiB, "
+                          f"{self.spec.cpus} CPUs) and Domain-0 "
+                          f"({self.spec.dom0_memory_mib} MiB)")
+            self._start_xen()
             names = [d.name for d in self.spec.domains]
             self.progress(f"Domain-0 builds {', '.join(names) or 'no guests'}; waiting for boot")
             ok = self.xl("wait_booted", doms=names, timeout_ms=int(BOOT_TIMEOUT_S * 1000),
@@ -79,6 +90,19 @@ class Host:
             with open(os.path.join(self.dir, "auto", f"{i:03d}-{dom.name}.json"), "w") as f:
                 json.dump(dom.to_wire(), f)
 
+    def _make_images(self) -> None:
+        """Every disk device's image exists before the device opens it (rule 4)."""
+        for dev in self.spec.devices:
+            if dev.kind != "disk" or os.path.exists(dev.image):
+                continue
+            folder = os.path.dirname(dev.image)
+            if _within(dev.image, self.image_dir):
+                os.makedirs(folder, exist_ok=True)
+            elif not os.path.isdir(folder):
+                raise HostError(f"disk image {dev.image}: no directory {folder}")
+            self.progress(f"Creating disk image {dev.image} ({IMAGE_MIB} MiB ext2)")
+            make_image(dev.image, size_mib=IMAGE_MIB)
+
     def _start_devices(self) -> None:
         """Hardware first: each device gets a secret, an IRQ and a control
         socket whose other end goes to Xen (hypervisor.public.platform)."""
@@ -90,7 +114,8 @@ class Host:
                     "--name", dev.name, "--endpoint", xen_endpoint(self.name),
                     "--secret", secret.hex(), "--ctl-fd", str(dev_end.fileno()),
                     "--irq", str(irq), *dev.argv()]
-            self.progress(f"Starting device {dev.name} ({dev.kind}, IRQ {irq})")
+            image = f", {dev.image}" if dev.image else ""
+            self.progress(f"Starting device {dev.name} ({dev.kind}, IRQ {irq}{image})")
             with open(os.path.join(self.dir, "logs", f"{dev.name}.log"), "ab") as log:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, pass_fds=(dev_end.fileno(),),
@@ -106,7 +131,7 @@ class Host:
                 "--dom0-vcpus", str(s.dom0_vcpus)]
         fds = []
         for dev, _, xen_end, secret, irq in self.devices:
-            argv += ["--device", f"{dev.name}:{dev.kind}:{secret.hex()}:{xen_end.fileno()}:{irq}"]
+            argv += ["--device", device_arg(dev, secret, xen_end.fileno(), irq)]
             fds.append(xen_end.fileno())
         with open(os.path.join(self.dir, "logs", "hypervisor.log"), "ab") as log:
             self.xen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
@@ -195,6 +220,17 @@ class Host:
 
     def __exit__(self, *exc) -> None:
         self.down()
+
+
+def device_arg(dev: DeviceSpec, secret: bytes, ctl_fd: int, irq: int) -> str:
+    """Xen's --device NAME:KIND:SECRETHEX:CTLFD:IRQ[:IMAGEHEX]; the image path
+    travels hex-encoded, so any character (':' included) is safe."""
+    arg = f"{dev.name}:{dev.kind}:{secret.hex()}:{ctl_fd}:{irq}"
+    return f"{arg}:{os.fsencode(dev.image).hex()}" if dev.image else arg
+
+
+def _within(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
 
 
 def kill_leftovers(host: str, timeout_s: float = 3.0) -> None:

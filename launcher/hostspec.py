@@ -436,7 +436,9 @@ def load_host_toml(path_or_text: str | os.PathLike[str]) -> HostSpec:
     """A host from a TOML file, or from TOML text (a str with a newline in it).
 
     `config = "d2.cfg"` in a [[domain]] is read relative to the file's folder
-    (relative to the working directory when given text).
+    (relative to the working directory when given text). Relative disk
+    targets and [[device]] images are not: they name files in the host's
+    image directory (launcher.devspec, rule 1).
     """
     if isinstance(path_or_text, str) and "\n" in path_or_text:
         return parse_host_toml(path_or_text)
@@ -456,7 +458,7 @@ def parse_host_toml(text: str, source: str = "<toml>", base_dir: Path | None = N
     fields.update(_table_fields(data, "dom0", _DOM0_KEYS, source))
     domains, warnings = _load_domains(data.get("domain", []), text, source, base_dir)
     from launcher.devspec import parse_devices  # devspec imports this module
-    devices = parse_devices(data.get("device", []), source, str(base_dir) if base_dir else None)
+    devices = parse_devices(data.get("device", []), source)
     try:
         return HostSpec(**fields, domains=tuple(domains), devices=devices,
                         warnings=tuple(warnings))

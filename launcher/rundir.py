@@ -7,6 +7,9 @@ Rules:
 2. pids.json names the supervisor and the hypervisor with their start
    times, so a stale record is never mistaken for a live host and a reused
    pid is never killed (STYLE.md 13).
+3. Disk images live apart, in <root>/images/<host>: the run directory is
+   replaced at every boot, the images (what the guests wrote) are not.
+   Hence no host may be called "images".
 """
 
 import json
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 import psutil
 
 HOST_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+IMAGES = "images"
 
 
 class HostError(Exception):
@@ -30,13 +34,21 @@ def run_root() -> str:
 
 def host_name(name: str | None) -> str:
     name = name or os.environ.get("XENOLAB_HOST") or "default"
-    if not HOST_RE.match(name):
+    if not HOST_RE.match(name) or name in (".", ".."):
         raise HostError(f"bad host name {name!r} (letters, digits, '.', '_', '-')")
+    if name == IMAGES:
+        raise HostError(f"host name {name!r} is reserved (<run root>/{IMAGES} holds disk images)")
     return name
 
 
 def path(host: str) -> str:
     return os.path.join(run_root(), host)
+
+
+def image_dir(host: str) -> str:
+    """Where the host's disk images live (rule 3): relative disk targets and
+    [[device]] images resolve here."""
+    return os.path.join(run_root(), IMAGES, host)
 
 
 @dataclass(frozen=True)

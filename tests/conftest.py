@@ -86,14 +86,21 @@ class AgentClient:
         return res["result"]
 
     def raw(self, op: str, **args) -> dict:
+        return self.wait(self.start(op, **args))
+
+    def start(self, op: str, **args) -> int:
+        """Send a command without waiting for its answer; returns its id."""
         n = next(self.seq)
-        base = f"/local/domain/{self.domid}/data"
-        self.host.xl("xs_write", path=f"{base}/cmd", value=json.dumps(
+        self.host.xl("xs_write", path=f"/local/domain/{self.domid}/data/cmd", value=json.dumps(
             {"id": n, "op": op, "args": args}))
+        return n
+
+    def wait(self, n: int, timeout_ms: int = 10_000) -> dict:
         prev = None
         while True:
-            raw = self.host.xl("xs_wait", path=f"{base}/res", not_value=prev, timeout_ms=10_000,
-                               timeout_s=15)
+            raw = self.host.xl("xs_wait", path=f"/local/domain/{self.domid}/data/res",
+                               not_value=prev, timeout_ms=timeout_ms,
+                               timeout_s=timeout_ms / 1000 + 5)
             res = json.loads(raw)
             if res["id"] == n:
                 return res

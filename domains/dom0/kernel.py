@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from domains.dom0.blkback.service import BlkbackService
 from domains.dom0.drivers import probe
 from domains.dom0.drivers.ops import build_phys_ops
 from domains.dom0.toolstack import ops
@@ -33,6 +34,7 @@ class Dom0:
         self.xs = self.xenstored.local
         self.consoled = Xenconsoled(kernel, kernel.rundir)
         self.toolstack = Toolstack(self)
+        self.blkback = BlkbackService(self)
         self.control = ControlServer(self, {**ops.build_ops(self), **build_phys_ops(self)})
         self.consoled.on_output.append(lambda _d: self.control.recheck())
         self.toolstack.listeners.append(self.control.recheck)

@@ -50,7 +50,7 @@ class FrontendRing:
 
 class BackendRing:
     def __init__(self, kernel, frontend: int, grefs: list[int], remote_port: int,
-                 entry_size: int, start: int = 0) -> None:
+                 entry_size: int, start: int | None = None) -> None:
         self.k, self.frontend = kernel, frontend
         self.maps = kernel.gnttab.map_grants([(frontend, g, False) for g in grefs])
         if any(isinstance(m, int) for m in self.maps):
@@ -59,6 +59,9 @@ class BackendRing:
             raise OSError(f"cannot map the ring from d{frontend}: GNTST {codes}")
         self.buf = _contiguous(kernel, frontend, self.maps)
         self.ring = BackRing(self.buf, entry_size)
+        if start is None:  # BACK_RING_ATTACH where the frontend left the indices
+            with self.buf[:16].cast("I") as idx:
+                start = idx[RSP_PROD // 4]
         if start:
             self.ring.attach(start, start)
         self.port = kernel.evtchn.bind_interdomain(frontend, remote_port)

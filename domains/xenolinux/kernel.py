@@ -8,6 +8,7 @@ import time
 
 from domains.kernel.console import Console
 from domains.kernel.xenbus import XenbusClient
+from domains.xenolinux import blkfront
 from hypervisor.public.start_info import StartInfo
 from hypervisor.public.xen import XEN_VERSION, ShutdownReason
 
@@ -59,6 +60,7 @@ def boot(kernel) -> Guest:
     name = g.xs.read("name")
     g.printk(f"xenbus: connected to xenstore on port {si.store_evtchn}; I am '{name}'")
     g.watch_shutdown()
+    g.disks = {} if "blkfront=off" in si.cmdline.split() else blkfront.probe(g)
     return g
 
 

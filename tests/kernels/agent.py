@@ -6,6 +6,7 @@ this real DomU and answers in ``data/res`` with the same id. Events that
 arrive on ports it bound are counted in ``self.events``.
 """
 
+import hashlib
 import json
 
 from domains.kernel.gnttab import GrantMapping
@@ -34,8 +35,10 @@ class Agent:
             return
         self.last = cmd["id"]
         try:
-            res = {"id": cmd["id"], "ok": True,
-                   "result": getattr(self, "op_" + cmd["op"])(**cmd.get("args", {}))}
+            result = getattr(self, "op_" + cmd["op"])(**cmd.get("args", {}))
+            if result is _LATER:
+                return  # the op answers when its I/O completes
+            res = {"id": cmd["id"], "ok": True, "result": result}
         except (XenError, XenbusError, OSError, TypeError, KeyError) as exc:
             res = {"id": cmd["id"], "ok": False, "error": str(exc),
                    "name": getattr(exc, "name", None)}
@@ -239,3 +242,111 @@ Agent.op_ring_back = _ring_back
 Agent.op_ring_run = _ring_run
 Agent._back_event = _back_event
 Agent._front_event = _front_event
+
+
+# ---- block I/O through blkfront (answers when the I/O completes) ----
+
+def _blk(self, cmd_id, start):
+    def done(status, data):
+        # Values a guest writes are capped at 2048 bytes: return a digest of big reads.
+        self.g.xs.write("data/res", json.dumps({"id": cmd_id, "ok": True, "result": {
+            "status": status, "sha256": hashlib.sha256(data).hexdigest(),
+            "data": data.hex() if len(data) <= 512 else None}}))
+    start(done)
+    return _LATER
+
+
+def _blk_cmd(self, kind, devid=51712, sector=0, count=1, data=""):
+    disk = self.g.disks[devid]
+    if kind == "read":
+        return lambda cb: disk.read(sector, count, cb)
+    if kind == "write":
+        return lambda cb: disk.write(sector, bytes.fromhex(data), cb)
+    return lambda cb: disk.flush(cb)
+
+
+def _op_blk(self, **args):
+    return _blk(self, self.last, _blk_cmd(self, **args))
+
+
+def _op_blk_connected(self, devid=51712):
+    disk = self.g.disks.get(devid)
+    return bool(disk and disk.connected)
+
+
+_LATER = object()
+Agent.op_blk = _op_blk
+Agent.op_blk_connected = _op_blk_connected
+
+
+def _op_blk_burst(self, devid=51712, sector=0, count=8, fill=1):
+    """`count` one-sector writes at once; answers with their statuses when all are done."""
+    disk, cmd_id, statuses = self.g.disks[devid], self.last, {}
+
+    def done(i):
+        def cb(status, _data):
+            statuses[i] = status
+            if len(statuses) == count:
+                self.g.xs.write("data/res", json.dumps({"id": cmd_id, "ok": True, "result": [
+                    statuses[j] for j in range(count)]}))
+        return cb
+    for i in range(count):
+        disk.write(sector + i, bytes([(fill + i) & 0xFF]) * 512, done(i))
+    return _LATER
+
+
+Agent.op_blk_burst = _op_blk_burst
+
+
+# ---- a rogue blkfront: its own ring, hand-made requests ----
+
+def _op_rogue_connect(self, devid=51712):
+    """Do the frontend handshake by hand (boot with blkfront=off)."""
+    from domains.kernel.ringio import FrontendRing
+    from hypervisor.public.blkif import BLKIF_ENTRY_SIZE
+    path = f"device/vbd/{devid}"
+    backend = self.g.xs.read(f"{path}/backend")
+    self.rogue = FrontendRing(self.k, 0, BLKIF_ENTRY_SIZE)
+    self.rogue_backend = backend
+    for key, value in (("ring-ref", self.rogue.grefs[0]), ("event-channel", self.rogue.port),
+                       ("protocol", "x86_64-abi"), ("state", 3)):
+        self.g.xs.write(f"{path}/{key}", str(value))
+    return backend
+
+
+def _op_rogue_request(self, operation=0, segments=((1, 0, 7),), nr_segments=None, sector=0,
+                      own_page=False, req_id=1):
+    """Push one request; a segment's gref 1 is replaced by a page we granted when own_page."""
+    from hypervisor.public.blkif import BlkifRequest, BlkifSegment
+    segs = []
+    for gref, first, last in segments:
+        if own_page:
+            gref = self.k.gnttab.grant_access(0, self.k.frames.alloc())
+        segs.append(BlkifSegment(gref, first, last))
+    n = len(segs) if nr_segments is None else nr_segments
+    raw = BlkifRequest(operation, req_id, sector, 51712, n, tuple(segs[:11])).pack()
+    self.rogue.ring.put_request(raw)
+    self.rogue.ring.push_requests()
+    self.k.evtchn.notify(self.rogue.port)
+    self.k.xen.flush()
+
+
+def _op_rogue_responses(self):
+    from hypervisor.public.blkif import BlkifResponse
+    ring = self.rogue.ring
+    return [[r.id, r.status] for r in map(BlkifResponse.unpack, ring.take_responses())]
+
+
+def _op_rogue_bogus_index(self):
+    """Claim a whole extra ring of requests (RING_REQUEST_PROD_OVERFLOW)."""
+    idx = self.rogue.buf[:16].cast("I")
+    idx[0] = (idx[0] + 10 * self.rogue.ring.size) & 0xFFFFFFFF
+    idx.release()
+    self.k.evtchn.notify(self.rogue.port)
+    self.k.xen.flush()
+
+
+Agent.op_rogue_connect = _op_rogue_connect
+Agent.op_rogue_request = _op_rogue_request
+Agent.op_rogue_responses = _op_rogue_responses
+Agent.op_rogue_bogus_index = _op_rogue_bogus_index

@@ -421,7 +421,8 @@ def test_default_host() -> None:
     assert host.domain_names == ("d1", "d2")
     for spec in host.domains:
         assert (spec.memory_mib, spec.vcpus, spec.on_crash) == (32, 1, "restart")
-        assert (spec.disks, spec.vifs) == ((), ())
+        assert spec.disks == (DiskSpec(f"{spec.name}.img", "xvda"),)  # its own image
+        assert spec.vifs == ()
     assert host.warnings == ()
 
 

@@ -123,6 +123,15 @@ def build_ops(dom0) -> dict:
             return None
         return Wait(check, wait_ms)
 
+    def blkback_restart(dom, vdev="xvda", **_):
+        domid = ts.lookup(dom)
+        for (fe, devid), be in dom0.blkback.backends.items():
+            if fe == domid and (str(devid) == str(vdev) or
+                                xs.try_read(f"{be.path}/dev") == vdev):
+                be.restart()
+                return True
+        raise ToolstackError(f"no backend for {dom}'s {vdev}")
+
     def halt(**_):
         k.call_soon(dom0.halt)
         return True
@@ -160,6 +169,7 @@ def build_ops(dom0) -> dict:
             "console_read": console_read, "console_write": console_write,
             "wait_booted": wait_booted, "block_list": block_list,
             "block_attach": block_attach, "block_detach": block_detach,
+            "blkback_restart": blkback_restart,
             "wait_gone": wait_gone, "halt": halt, "xs_read": xs_read,
             "xs_write": xs_write, "xs_rm": xs_rm, "xs_wait": xs_wait, "xs_ls": xs_ls,
             "xs_perms": xs_perms}

@@ -40,11 +40,14 @@ def add_vbd(xs, fe: int, disk: dict) -> int:
     devid = vdev_devid(disk["vdev"])
     fe_path, be_path = paths(fe, devid)
     with xs.transaction() as t:
+        # Permissions first: the keys below inherit them when they are created.
+        for path, perms in ((fe_path, [f"n{fe}", "r0"]), (be_path, ["n0", f"r{fe}"])):
+            t.write(path, "")
+            t.set_perms(path, perms)
         for key, value in (("backend", be_path), ("backend-id", "0"),
                            ("state", str(int(XenbusState.Initialising))),
                            ("virtual-device", str(devid)), ("device-type", "disk")):
             t.write(f"{fe_path}/{key}", value)
-        t.set_perms(fe_path, [f"n{fe}", "r0"])
         mode = "r" if disk.get("access") == "ro" else "w"
         for key, value in (("frontend", fe_path), ("frontend-id", str(fe)),
                            ("params", disk["target"]), ("mode", mode), ("type", "phy"),
@@ -52,7 +55,6 @@ def add_vbd(xs, fe: int, disk: dict) -> int:
                            ("state", str(int(XenbusState.Initialising))),
                            ("dev", disk["vdev"]), ("device-type", "disk")):
             t.write(f"{be_path}/{key}", value)
-        t.set_perms(be_path, ["n0", f"r{fe}"])
         for key in ("frontend", "backend"):
             t.write(f"/libxl/{fe}/device/vbd/{devid}/{key}", fe_path if key == "frontend"
                     else be_path)
