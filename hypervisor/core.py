@@ -306,8 +306,10 @@ class Hypervisor:
 
     # ---- devices (hypervisor.public.platform) -----------------------------
 
-    def add_device(self, name: str, kind: str, secret: bytes, fd: int, irq: int) -> None:
-        self.devices[secret] = Device(name, kind, secret, socket.socket(fileno=fd), irq)
+    def add_device(self, name: str, kind: str, secret: bytes, fd: int, irq: int,
+                   image: str = "") -> None:
+        self.devices[secret] = Device(name, kind, secret, socket.socket(fileno=fd), irq,
+                                      image=image)
 
     def handle_device_frame(self, dev: Device, frame: bytes) -> None:
         try:
@@ -342,7 +344,7 @@ class Hypervisor:
         return self.iommu.map(0, handle, granter, pfn, not flags & GNTMAP_readonly)
 
     def device_list(self) -> list[dict]:
-        return [{"name": d.name, "kind": d.kind, "irq": d.irq, "image": getattr(d, "image", ""),
+        return [{"name": d.name, "kind": d.kind, "irq": d.irq, "image": d.image,
                  "mmio": mmio_endpoint(self.host, d.name)} for d in self.devices.values()]
 
     # ---- memory handed to other domains ---------------------------------

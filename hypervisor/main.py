@@ -49,9 +49,7 @@ def main(argv=None) -> int:
     spawn.die_with_parent(signal.SIGTERM)  # the launcher died: power off
     xen = Hypervisor(a.host, a.rundir, a.endpoint, a.memory, a.cpus)
     for arg in a.device:
-        name, kind, secret, fd, irq, image = parse_device_arg(arg)
-        xen.add_device(name, kind, secret, fd, irq)
-        xen.devices[secret].image = image
+        xen.add_device(*parse_device_arg(arg))
     xen.console.write(f"Xen {xen.host} booting: {a.memory} MiB, {a.cpus} CPUs")
     code = EXIT_HALT
     try:

@@ -42,7 +42,7 @@ class PlatformOp(enum.IntEnum):
 class PhysdevOp(enum.IntEnum):
     """PHYSDEVOP_* used by Dom0 (model numbers beyond Xen's)."""
 
-    device_list = 100  # -> [{"name", "type", "irq", "mmio"}]
+    device_list = 100  # -> [{"name", "kind", "irq", "image", "mmio"}]
 
 
 def iommu_entry(domid: int, pfn: int, writable: bool) -> int:
