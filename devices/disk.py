@@ -39,7 +39,7 @@ from devices.image import ImageFile
 from devices.latency import LatencyModel, parse_latency
 from devices.queue import QueuePair
 from domains.kernel.ring import BackRing
-from hypervisor.public import envelope
+from hypervisor.public import envelope, hops
 from hypervisor.public.diskdev import (
     CMD_SIZE,
     DISK_INFO_MAGIC,
@@ -117,6 +117,7 @@ class DiskDevice:
             self.raise_irq()
 
     def raise_irq(self) -> None:
+        hops.stamp(hops.DEV_IRQ)
         try:
             self.xen.send(IRQ_FRAME, zmq.NOBLOCK)
         except zmq.Again:
@@ -240,6 +241,7 @@ class DiskDevice:
             self.qp = None
 
     def _mmio_kick(self, _msg: dict) -> None:
+        hops.stamp(hops.DEV_KICK)
         if self.qp is not None and self.qp.kick():
             self.raise_irq()
 

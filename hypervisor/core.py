@@ -29,7 +29,7 @@ from hypervisor.event_channel import EventChannels
 from hypervisor.grant_table import GrantTables
 from hypervisor.iommu import Device, Iommu
 from hypervisor.memory import MemoryObject
-from hypervisor.public import envelope
+from hypervisor.public import envelope, hops
 from hypervisor.public.event_channel import SHARED_INFO_SIZE
 from hypervisor.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTMAP_readonly
 from hypervisor.public.platform import (
@@ -319,6 +319,7 @@ class Hypervisor:
         if req.hypercall != PLATFORM_OP:
             return
         if req.cmd == PlatformOp.irq:
+            hops.stamp(hops.XEN_PIRQ, dev.irq)
             self.evtchn.raise_pirq(dev.irq)
         elif req.cmd == PlatformOp.hello:
             self._device_hello(dev, req.seq)

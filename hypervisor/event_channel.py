@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeGuard
 
+from hypervisor.public import hops
 from hypervisor.public.event_channel import (
     EVTCHN_MASK_OFFSET,
     EVTCHN_PENDING_OFFSET,
@@ -303,6 +304,7 @@ class EventChannels:
         if chn.state != EvtchnStat.interdomain:
             return -Errno.EINVAL
         self._n["sends"] += 1
+        hops.stamp(hops.XEN_SEND, caller, chn.remote_dom)
         peer = self._domains.get(chn.remote_dom)
         if peer is not None:
             self._set_pending(peer, chn.remote_port)

@@ -54,6 +54,9 @@ def say(msg: str) -> None:
 
 
 def run_bench(args, host: str) -> int:
+    if args.bench == "blk":
+        from launcher.bench_blk import run_blk  # it imports this module
+        return run_blk(args, host)
     if args.bench != "evtchn":
         raise HostError(f"unknown benchmark {args.bench!r}")
     if args.count < 1:

@@ -9,6 +9,8 @@ Rules:
 3. A negative rc is a Xen errno; `check` turns it into XenError for drivers.
 """
 
+import time
+
 import zmq
 
 from hypervisor.public import envelope
@@ -39,6 +41,7 @@ class HypercallClient:
         self.upcall = False
         self.counts: dict[tuple[int, int], int] = {}
         self.posted: list[list] = []
+        self.posted_ns = 0  # when the oldest posted call was queued
         self.traps = 0  # messages to Xen (a multicall is one trap)
 
     def _send(self, hypercall: int, cmd: int, args) -> int:
@@ -89,6 +92,8 @@ class HypercallClient:
         flushes before it sleeps), like Linux's multicall batches."""
         key = (hypercall, cmd)
         self.counts[key] = self.counts.get(key, 0) + 1
+        if not self.posted:
+            self.posted_ns = time.monotonic_ns()
         self.posted.append([hypercall, cmd, args])
 
     def flush(self) -> None:

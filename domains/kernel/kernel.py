@@ -30,6 +30,8 @@ from hypervisor.public.event_channel import SHARED_INFO_SIZE
 from hypervisor.public.start_info import FIRST_FREE_PFN, START_INFO_PFN, StartInfo
 from hypervisor.public.xen import PAGE_SIZE, ConsoleIO, Hypercall, SchedOp, Virq, XenVersionCmd
 
+POST_DELAY_NS = 200_000
+
 
 class Timer:
     __slots__ = ("deadline", "fn", "cancelled")
@@ -129,7 +131,10 @@ class Kernel:
             self.evtchn.dispatch()
         self._run_timers()
         if self.ready or self.xen.upcall or not self.running:
-            self.xen.flush()
+            # Busy: posted calls wait for the next trap or for idle, but no
+            # longer than POST_DELAY_NS (batching must not starve a peer).
+            if self.xen.posted and time.monotonic_ns() - self.xen.posted_ns > POST_DELAY_NS:
+                self.xen.flush()
             return
         self._idle()
 

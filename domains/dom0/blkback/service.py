@@ -21,6 +21,7 @@ from domains.dom0.drivers import device_list
 from domains.dom0.xenstored.perms import XsError
 from domains.kernel.ringio import BackendRing
 from domains.kernel.xenbus_state import Duty, Event, Role, Switch, next_actions
+from hypervisor.public import hops
 from hypervisor.public.blkif import (
     BLKIF_ENTRY_SIZE,
     BLKIF_RSP_EOPNOTSUPP,
@@ -194,6 +195,7 @@ class VbdBackend:
         for plan in out.plans:
             self._submit(plan)
         if out.notify and self.ring is not None:
+            hops.stamp(hops.BACK_NOTIFY, self.fe)
             self.k.evtchn.notify(self.ring.port)
         if out.disconnect is not None:
             self._error(f"frontend broke the ring protocol: {out.disconnect}")
@@ -203,6 +205,7 @@ class VbdBackend:
             self._run(actions)
 
     def _submit(self, plan: IoPlan) -> None:
+        hops.stamp(hops.BACK_SUBMIT, self.fe)
         done = lambda status, tag=plan.tag: self._complete(tag, status)  # noqa: E731
         if plan.flags & DiskFlags.PREFLUSH and plan.disk_op is not DiskOp.FLUSH:
             self.disk.flush()  # the device runs commands in ring order

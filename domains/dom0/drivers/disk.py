@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import zmq
 
 from domains.kernel.ring import FrontRing, RingError, RingStatistics
+from hypervisor.public import hops
 from hypervisor.public.diskdev import (
     CMD_SIZE,
     DISK_INFO_MAGIC,
@@ -168,6 +169,7 @@ class DiskDriver:
         self._push_soon = False
         if self.ring.push_requests():
             self.doorbells += 1
+            hops.stamp(hops.DRV_DOORBELL, self.irq)
             self._send(KICK)
 
     def _refill(self) -> None:
@@ -183,6 +185,7 @@ class DiskDriver:
     def _on_irq(self, _port: int) -> None:
         self.irqs += 1
         self.irq_ns = time.monotonic_ns()
+        hops.stamp(hops.DRV_IRQ, self.irq)
         if not self._check_info():
             return
         try:
