@@ -92,6 +92,7 @@ class VbdBackend:
         self.ring: BackendRing | None = None
         self.core: BlkbackCore | None = None
         self.pending_actions: list = []
+        self.done: list[tuple[int, int]] = []  # device completions not yet answered
         self.removed = False
         self._guarded(lambda: self._run(next_actions(Role.BACKEND, self.state, self.other,
                                                      Event.PROBE)))
@@ -215,8 +216,15 @@ class VbdBackend:
                          nr_sectors=plan.nr_sectors)
 
     def _complete(self, tag: int, status: int) -> None:
-        if self.core is not None:
-            self._guarded(lambda: self._handle(self.core.complete(tag, blkif_status(status))))
+        """Collect an interrupt's completions; answer them all with one push."""
+        if not self.done:
+            self.k.call_soon(self._complete_batch)
+        self.done.append((tag, blkif_status(status)))
+
+    def _complete_batch(self) -> None:
+        done, self.done = self.done, []
+        if self.core is not None and done:
+            self._guarded(lambda: self._handle(self.core.complete_all(done)))
 
     def _disconnect(self) -> bool:
         if self.core is not None and self.core.in_flight():
