@@ -40,7 +40,7 @@ from hypervisor.public.platform import (
     mmio_endpoint,
 )
 from hypervisor.public.start_info import SIF_INITDOMAIN, SIF_PRIVILEGED, START_INFO_PFN, StartInfo
-from hypervisor.public.xen import PAGE_SIZE, Errno, Hypercall, Virq
+from hypervisor.public.xen import PAGE_SIZE, Errno, Hypercall, ShutdownReason, Virq
 from hypervisor.xenconsole import ConsoleRing
 
 _SNDMORE = int(zmq.SNDMORE)
@@ -156,7 +156,6 @@ class Hypervisor:
             self.kick(dom.domid)
 
     def shutdown(self, dom: Domain, reason: int) -> None:
-        from hypervisor.public.xen import ShutdownReason
         dom.shutdown_reason = ShutdownReason(reason)
         dom.transition("shutdown")
         dom.block_seq = None
