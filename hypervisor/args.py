@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from hypervisor.public.xen import DOMID_SELF, Errno
+from hypervisor.public.xen import Errno
 
 
 class BadArg(Exception):
@@ -44,8 +44,3 @@ def get_list(args: Any, max_len: int) -> list:
     if not isinstance(args, list) or not 0 < len(args) <= max_len:
         raise BadArg("expected a non-empty batch")
     return args
-
-
-def get_domid(args: Any, key: str, caller: int) -> int:
-    dom = get_int(args, key, 0, 0xFFFF)
-    return caller if dom == DOMID_SELF else dom

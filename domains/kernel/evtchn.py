@@ -109,6 +109,3 @@ class EventChannelDriver:
             port = snap.find(1, port + 1)
         self.events += handled
         return handled
-
-    def any_pending(self) -> bool:
-        return bytes(self.pending).find(1) >= 0
