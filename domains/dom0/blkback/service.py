@@ -170,8 +170,10 @@ class VbdBackend:
     def _map_ring(self) -> None:
         fe = self.fe_path
         order = int(self.xs.try_read(f"{fe}/ring-page-order", "0") or 0)
-        if order > MAX_RING_PAGE_ORDER or self.disk is None:
-            raise XsError("EINVAL", "bad ring-page-order or no disk")
+        if self.disk is None:
+            raise XsError("ENODEV", "no physical disk for this vbd")
+        if not 0 <= order <= MAX_RING_PAGE_ORDER:
+            raise XsError("EINVAL", f"ring-page-order {order} (at most {MAX_RING_PAGE_ORDER})")
         keys = ["ring-ref"] if order == 0 else [f"ring-ref{i}" for i in range(1 << order)]
         grefs = [int(self.xs.read(f"{fe}/{k}")) for k in keys]
         port = int(self.xs.read(f"{fe}/event-channel"))
