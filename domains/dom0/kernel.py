@@ -40,17 +40,11 @@ class Dom0:
         self.toolstack.listeners.append(self.control.recheck)
         # Parked requests may wait on any node of a domain (xs_wait).
         self.xs.watch("/local/domain", "control", lambda *_: self._recheck_soon())
-        self._recheck_pending = False
         self.halting = False
 
     def _recheck_soon(self) -> None:
-        if self.control.parked and not self._recheck_pending:
-            self._recheck_pending = True
-            self.kernel.call_soon(self._recheck)
-
-    def _recheck(self) -> None:
-        self._recheck_pending = False
-        self.control.recheck()
+        if self.control.parked:
+            self.kernel.call_soon_once(self.control.recheck)
 
     def log(self, msg: str) -> None:
         print(f"[{time.monotonic():12.6f}] {msg}", flush=True)

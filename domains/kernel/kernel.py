@@ -62,6 +62,7 @@ class Kernel:
         self.evtchn = EventChannelDriver(self.xen, memoryview(self.shinfo_map)[:SHARED_INFO_SIZE])
         self.gnttab = GrantTableDriver(self.xen, self.mem, ctl)
         self.ready: deque[Callable[[], None]] = deque()
+        self.queued: set[Callable[[], None]] = set()  # for call_soon_once
         self.timers: list[tuple[int, int, Timer]] = []
         self._tseq = itertools.count()
         self.armed_ns = 0
@@ -98,6 +99,12 @@ class Kernel:
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         self.ready.append(fn)
+
+    def call_soon_once(self, fn: Callable[[], None]) -> None:
+        """call_soon, unless `fn` is already queued (coalesces repeated wake-ups)."""
+        if fn not in self.queued:
+            self.queued.add(fn)
+            self.ready.append(fn)
 
     def call_later(self, delay_s: float, fn: Callable[[], None]) -> Timer:
         return self.call_at(time.monotonic_ns() + int(delay_s * 1e9), fn)
@@ -140,7 +147,9 @@ class Kernel:
 
     def _run_ready(self) -> None:
         for _ in range(len(self.ready)):
-            self.ready.popleft()()
+            fn = self.ready.popleft()
+            self.queued.discard(fn)
+            fn()
 
     def _run_timers(self) -> None:
         now = time.monotonic_ns()

@@ -170,7 +170,7 @@ class Blkfront:
 
     def _submit(self, io: BlockIo) -> None:
         self.core.submit(io)
-        self.k.call_soon(self._push)  # batch every submit of this turn into one push
+        self.k.call_soon_once(self._push)  # every submit of this turn: one push
 
     def _push(self) -> None:
         if self.ring is not None and self.core.push():

@@ -75,7 +75,6 @@ class DiskDriver:
         self.inflight: dict[int, Callback | None] = {}
         self.waiting: deque[bytes] = deque()
         self._ids = itertools.count(1)
-        self._push_soon = False
         self.submitted = self.completed = self.errors = self.doorbells = self.irqs = 0
         self.unknown = 0
         self.irq_ns = 0  # when the last completion interrupt was handled
@@ -161,12 +160,9 @@ class DiskDriver:
         return self.submit(DiskOp.discard, sector, [], 0, callback, nr_sectors)
 
     def _schedule_push(self) -> None:
-        if not self._push_soon:
-            self._push_soon = True
-            self.k.call_soon(self._push)
+        self.k.call_soon_once(self._push)  # one doorbell per event-loop turn
 
     def _push(self) -> None:
-        self._push_soon = False
         if self.ring.push_requests():
             self.doorbells += 1
             hops.stamp(hops.DRV_DOORBELL, self.irq)

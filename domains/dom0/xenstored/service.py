@@ -44,16 +44,10 @@ class Dom0Xs:
 
     def __init__(self, client, kernel) -> None:
         self.c, self.kernel = client, kernel
-        self.scheduled = False
 
     def _after(self) -> None:
-        if self.c.pending and not self.scheduled:
-            self.scheduled = True
-            self.kernel.call_soon(self._dispatch)
-
-    def _dispatch(self) -> None:
-        self.scheduled = False
-        self.c.dispatch()
+        if self.c.pending:
+            self.kernel.call_soon_once(self.c.dispatch)
 
     def read(self, path: str) -> str:
         return self.c.read(path).decode(errors="replace")
