@@ -9,12 +9,15 @@ from collections.abc import Callable
 
 from domains.kernel.bytering import console_guest
 
+TYPEAHEAD = 4096  # input kept for a reader that is not there yet
+
 
 class Console:
     def __init__(self, kernel, page, port: int) -> None:
         self.kernel, self.port = kernel, port
         self.out, self.inp = console_guest(page)
         self.backlog = b""
+        self.typed = b""  # input that arrived before anyone reads the console
         self.on_input: Callable[[bytes], None] | None = None
         kernel.evtchn.on(port, lambda _p: self._pump())
 
@@ -30,6 +33,13 @@ class Console:
             self.backlog = self.backlog[n:]
             self.kernel.evtchn.notify(self.port)
 
+    def set_input(self, handler: Callable[[bytes], None]) -> None:
+        """Who reads the console from now on; it gets what was typed before."""
+        self.on_input = handler
+        if self.typed:
+            typed, self.typed = self.typed, b""
+            handler(typed)
+
     def _pump(self) -> None:
         self._flush()
         data = self.inp.read()
@@ -37,3 +47,5 @@ class Console:
             self.kernel.evtchn.notify(self.port)
             if self.on_input is not None:
                 self.on_input(data)
+            else:
+                self.typed = (self.typed + data)[-TYPEAHEAD:]  # a tty buffer, bounded

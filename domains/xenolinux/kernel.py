@@ -67,6 +67,6 @@ def boot(kernel) -> Guest:
 def main(kernel) -> None:
     g = boot(kernel)
     # No shell yet: show that console input reaches the guest through in[].
-    g.console.on_input = lambda data: g.printk(f"hvc0: input {data.decode(errors='replace')!r}")
+    g.console.set_input(lambda data: g.printk(f"hvc0: input {data.decode(errors='replace')!r}"))
     g.printk("Freeing unused kernel memory; init: idle")
     kernel.run()
