@@ -32,6 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hypervisor.public import blkif
+
 MEMORY_RANGE_MIB = (4, 4096)
 VCPUS_RANGE = (1, 16)
 ACTIONS = (
@@ -45,7 +47,6 @@ DEFAULT_HOST_RESOURCE = "default_host.toml"
 _NAME_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}")
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # Linux IFNAMSIZ is 16 with the NUL
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-_VDEV_RE = re.compile(r"(xvd|hd|sd)([a-z]+)([0-9]*)")
 _RATE_RE = re.compile(r"([0-9]+)([KMG]?)([Bb])/s(?:@([0-9]+)(us|ms|s))?")
 _RATE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
 _INTERVAL_US = {"us": 1, "ms": 1000, "s": 1_000_000}
@@ -164,20 +165,10 @@ def parse_rate(rate: str) -> tuple[int, int]:
 
 def vdev_devid(vdev: str) -> int:
     """The Xen virtual-device number of `vdev` (xen-vbd-interface(7))."""
-    m = _VDEV_RE.fullmatch(vdev)
-    if m is None:
-        raise ConfigError(f"vdev {vdev!r} is not a disk name like xvda, hda or sda")
-    disk = functools.reduce(lambda n, c: n * 26 + ord(c) - ord("a") + 1, m[2], 0) - 1
-    part = int(m[3] or 0)
-    if m[1] == "xvd" and disk < 16 and part < 16:
-        return 202 << 8 | disk << 4 | part
-    if m[1] == "xvd" and disk < 1 << 20 and part < 256:
-        return 1 << 28 | disk << 8 | part  # the extended scheme for big numbers
-    if m[1] == "sd" and disk < 16 and part < 16:
-        return 8 << 8 | disk << 4 | part
-    if m[1] == "hd" and disk < 4 and part < 64:
-        return (3 if disk < 2 else 22) << 8 | (disk % 2) << 6 | part
-    raise ConfigError(f"vdev {vdev!r} is beyond what Xen can number")
+    try:
+        return blkif.vdev_devid(vdev)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _from_fields(cls: type, data: object, what: str) -> Any:

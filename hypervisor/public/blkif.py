@@ -17,6 +17,8 @@ Rules (xen-interfaces.md section 2):
 
 from __future__ import annotations
 
+import functools
+import re
 import struct
 from dataclasses import dataclass
 
@@ -190,3 +192,25 @@ class BlkifResponse:
             return cls(*_RESPONSE.unpack_from(raw))
         except (struct.error, TypeError) as exc:
             raise BlkifError(f"not a blkif response: {exc}") from None
+
+
+_VDEV_RE = re.compile(r"(xvd|hd|sd)([a-z]+)([0-9]*)")
+
+
+def vdev_devid(vdev: str) -> int:
+    """The Xen virtual-device number of `vdev` (xen-vbd-interface(7)): xvda is
+    51712. ValueError for a name that is not a disk or cannot be numbered."""
+    m = _VDEV_RE.fullmatch(vdev)
+    if m is None:
+        raise ValueError(f"vdev {vdev!r} is not a disk name like xvda, hda or sda")
+    disk = functools.reduce(lambda n, c: n * 26 + ord(c) - ord("a") + 1, m[2], 0) - 1
+    part = int(m[3] or 0)
+    if m[1] == "xvd" and disk < 16 and part < 16:
+        return 202 << 8 | disk << 4 | part
+    if m[1] == "xvd" and disk < 1 << 20 and part < 256:
+        return 1 << 28 | disk << 8 | part  # the extended scheme for big numbers
+    if m[1] == "sd" and disk < 16 and part < 16:
+        return 8 << 8 | disk << 4 | part
+    if m[1] == "hd" and disk < 4 and part < 64:
+        return (3 if disk < 2 else 22) << 8 | (disk % 2) << 6 | part
+    raise ValueError(f"vdev {vdev!r} is beyond what Xen can number")

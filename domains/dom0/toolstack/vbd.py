@@ -12,23 +12,8 @@ Rules (reference 2.4, 7.4, 7.6):
    `force` removes them at once.
 """
 
-import re
-
+from hypervisor.public.blkif import vdev_devid
 from hypervisor.public.xenbus import XenbusState
-
-XVD_RE = re.compile(r"^xvd([a-z]+)$")
-
-
-def vdev_devid(vdev: str) -> int:
-    """xen-vbd-interface numbering for xvdX: 202 << 8 | index << 4 (xvda 51712)."""
-    m = XVD_RE.match(vdev)
-    if not m:
-        raise ValueError(f"only xvd* disks are supported, not {vdev!r}")
-    index = 0
-    for ch in m.group(1):
-        index = index * 26 + (ord(ch) - ord("a") + 1)
-    index -= 1
-    return (202 << 8) | (index << 4) if index < 16 else (1 << 28) | (index << 8)
 
 
 def paths(fe: int, devid: int, be: int = 0) -> tuple[str, str]:
