@@ -39,7 +39,7 @@ from devices.image import ImageFile
 from devices.latency import LatencyModel, parse_latency
 from devices.queue import QueuePair
 from domains.kernel.ring import BackRing
-from hypervisor.public import envelope, hops
+from hypervisor.public import envelope, hops, trace
 from hypervisor.public.diskdev import (
     CMD_SIZE,
     DISK_INFO_MAGIC,
@@ -67,6 +67,7 @@ def log(msg: str) -> None:
 class DiskDevice:
     def __init__(self, a: argparse.Namespace) -> None:
         self.name, self.host, self.kind = a.name, a.host, "disk"
+        self.irq = a.irq
         self.image = ImageFile(a.image)
         self.capacity = self.image.size // SECTOR_SIZE
         self.faults = Faults("eio" if a.fail_rate > 0 else "none", a.fail_rate, a.seed)
@@ -118,6 +119,7 @@ class DiskDevice:
 
     def raise_irq(self) -> None:
         hops.stamp(hops.DEV_IRQ)
+        trace.stamp(trace.DEVICE_IRQ, 0, self.irq)
         try:
             self.xen.send(IRQ_FRAME, zmq.NOBLOCK)
         except zmq.Again:
@@ -242,7 +244,14 @@ class DiskDevice:
 
     def _mmio_kick(self, _msg: dict) -> None:
         hops.stamp(hops.DEV_KICK)
-        if self.qp is not None and self.qp.kick():
+        if self.qp is None:
+            return
+        before = self.qp.commands
+        trace.stamp(trace.DEVICE_KICK, 0, self.irq, self.qp.kicks + 1, "doorbell")
+        due = self.qp.kick()
+        if trace.on and self.qp.commands > before:
+            trace.stamp(trace.DEVICE_DMA, 0, self.irq, self.qp.commands - before, "commands")
+        if due:
             self.raise_irq()
 
     def _mmio_fault(self, msg: dict) -> None:

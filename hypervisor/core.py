@@ -22,13 +22,15 @@ import traceback
 
 import zmq
 
-from hypervisor import hypercalls, spawn
+# hc_mmu registers the mmu_update/mmuext_op handlers in hypercalls.TABLE.
+from hypervisor import hc_mmu, hypercalls, spawn  # noqa: F401
 from hypervisor.args import BadArg
 from hypervisor.domain import Domain, DomState
 from hypervisor.event_channel import EventChannels
 from hypervisor.grant_table import GrantTables
 from hypervisor.iommu import Device, Iommu
 from hypervisor.memory import MemoryObject
+from hypervisor.mm import FrameTable
 from hypervisor.public import envelope, hops
 from hypervisor.public.event_channel import SHARED_INFO_SIZE
 from hypervisor.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTMAP_readonly
@@ -56,6 +58,12 @@ class HostCrash(Exception):
     """Domain 0 died: like Xen, the host goes down with it."""
 
 
+class NoMachineFrames(BadArg):
+    """No machine-frame range left for a new domain (hypervisor.mm Rule 1)."""
+
+    errno = Errno.ENOMEM
+
+
 class Hypervisor:
     def __init__(self, host: str, rundir: str, endpoint: str, memory_mib: int, cpus: int):
         self.host, self.rundir, self.endpoint = host, rundir, endpoint
@@ -71,6 +79,7 @@ class Hypervisor:
         self.timers: list[tuple[int, int, int]] = []
         self.evtchn = EventChannels(self.kick)
         self.gnttab = GrantTables()
+        self.mm = FrameTable()
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -97,6 +106,9 @@ class Hypervisor:
         domid = self.next_domid
         self.next_domid += 1
         mem = MemoryObject(f"xenolab-d{domid}-mem", nr_pages * PAGE_SIZE)
+        if self.mm.add_domain(domid, nr_pages, mem.view, privileged) < 0:
+            mem.close()
+            raise NoMachineFrames("no machine frames left")
         shinfo = MemoryObject(f"xenolab-d{domid}-shared-info", PAGE_SIZE)
         dom = Domain(domid, name, memory_kib, vcpus, privileged, secrets.token_bytes(16),
                      mem, shinfo, max_grant_frames)
@@ -115,6 +127,7 @@ class Hypervisor:
                 "endpoint": self.endpoint, "kernel": kernel, "privileged": dom.privileged,
                 "nr_pages": dom.nr_pages, "grant_table_pfn": dom.grant_table_pfn,
                 "max_grant_frames": dom.max_grant_frames, "rundir": self.rundir,
+                "mfn_base": self.mm.mfn_base(dom.domid),
                 "host": self.host, "xen_pid": os.getpid()}
         log = os.path.join(self.rundir, "logs", f"{dom.name}.{dom.domid}.log")
         proc, ctl = spawn.spawn_domain(boot, dom.mem.fd, dom.shared_info.fd, log)
@@ -183,6 +196,7 @@ class Hypervisor:
         self._forget_process(dom)
         self.pollers.discard(dom)
         self.iommu.unmap_all(dom.domid)
+        self.mm.remove_domain(dom.domid)  # its page tables go; its range may linger
         self.evtchn.remove_domain(dom.domid)
         for granter in self.gnttab.release_mappings(dom.domid):
             g = self.domains.get(granter)
@@ -487,6 +501,7 @@ class Hypervisor:
             proc.wait()
         for dom in list(self.domains.values()):
             self._forget_process(dom)
+            self.mm.remove_domain(dom.domid)
             dom.mem.close()
             dom.shared_info.close()
         for dev in self.devices.values():

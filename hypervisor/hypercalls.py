@@ -14,6 +14,7 @@ from typing import Any
 from hypervisor import args as A
 from hypervisor.args import BadArg
 from hypervisor.domain import DomState, TransitionError
+from hypervisor.public import trace
 from hypervisor.public.event_channel import NR_EVENT_CHANNELS, EvtchnOp
 from hypervisor.public.grant_table import (
     DEFAULT_MAX_GRANT_FRAMES,
@@ -278,15 +279,17 @@ def evtchn_bind_pirq(xen, dom, seq, args):
     return _evtchn_rc(xen.evtchn.bind_pirq(dom.domid, A.get_int(args, "pirq", 0, 2**32 - 1)))
 
 
-def _port_op(method: str):
+def _port_op(method: str, point: int = 0):
     def run(xen, dom, seq, args):
         port = A.get_int(args, "port", 0, 2**32 - 1)
+        if point:
+            trace.stamp(point, 0, dom.domid, port)
         return _evtchn_rc(getattr(xen.evtchn, method)(dom.domid, port))
     return run
 
 
 TABLE[(Hypercall.event_channel_op, EvtchnOp.close)] = _port_op("close")
-TABLE[(Hypercall.event_channel_op, EvtchnOp.send)] = _port_op("send")
+TABLE[(Hypercall.event_channel_op, EvtchnOp.send)] = _port_op("send", trace.XEN_EVTCHN_SEND)
 TABLE[(Hypercall.event_channel_op, EvtchnOp.unmask)] = _port_op("unmask")
 
 

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("config", nargs="?", help="TOML host description")
     up.add_argument("--detach", "-d", action="store_true", help="return once the host is up")
     up.add_argument("--daemon-fd", type=int, help=argparse.SUPPRESS)
+    up.add_argument("--trace", action="store_true",
+                    help="every process records trace points (read them with 'xenolab trace')")
     _host_arg(up)
     down = sub.add_parser("down", help="orderly shutdown of a running host")
     _host_arg(down)
@@ -34,7 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
     _xenstore_parser(sub)
     _dev_parser(sub)
     _bench_parser(sub)
+    _trace_parser(sub)
+    _demo_parser(sub)
     return p
+
+
+def _demo_parser(sub) -> None:
+    d = sub.add_parser("demo", help="boot the default host and walk through what happens, "
+                       "from real traces")
+    d.add_argument("--section", type=int, action="append", choices=(1, 2, 3, 4),
+                   help="run only this part (repeatable): 1 launch foo, 2 fopen/fwrite, "
+                   "3 protection, 4 why virtualize")
+    d.add_argument("-o", "--output", default="xenolab-demo-trace.json", metavar="FILE.json",
+                   help="the Chrome trace JSON (default ./xenolab-demo-trace.json)")
+
+
+def _trace_parser(sub) -> None:
+    t = sub.add_parser("trace", help="a traced host's records as Chrome trace-event JSON "
+                       "(Perfetto) or numbered steps")
+    t.add_argument("-o", "--output", default="xenolab-trace.json", metavar="FILE.json",
+                   help="where to write the JSON (default ./xenolab-trace.json)")
+    t.add_argument("--steps", action="store_true", help="also print the numbered sequence")
+    t.add_argument("--id", action="append", dest="ids", metavar="TRACE_ID",
+                   help="only this trace id in the steps (hex or decimal; repeatable)")
+    _host_arg(t)
 
 
 def _xl_parser(sub) -> None:

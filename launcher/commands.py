@@ -34,6 +34,11 @@ def run(args) -> int:
     if args.command == "bench":
         from launcher.bench import run_bench
         return run_bench(args, host)
+    if args.command == "trace":
+        return cmd_trace(args, host)
+    if args.command == "demo":
+        from launcher import demo
+        return demo.run(sorted(set(args.section or demo.SECTIONS)), args.output)
     raise HostError(f"unknown command {args.command}")
 
 
@@ -57,7 +62,7 @@ def cmd_up(args, host: str) -> int:
     if args.detach:
         return _detach(args, name)
     report = _daemon_report(args.daemon_fd)
-    h = Host(spec, name, progress=report or say)
+    h = Host(spec, name, progress=report or say, trace=args.trace)
     setproctitle(f"xenolab[{name}]: supervisor")
     try:
         h.start()
@@ -104,6 +109,8 @@ def _detach(args, name: str) -> int:
     argv = [sys.executable, "-m", "launcher.cli", "up", "--host", name, "--daemon-fd", str(w)]
     if args.config:
         argv.insert(4, os.path.abspath(args.config))
+    if args.trace:
+        argv.append("--trace")
     subprocess.Popen(argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True)
     os.close(w)
@@ -305,3 +312,34 @@ def _print_devs(rows: list[dict]) -> None:
         state = "ready" if r["ready"] else (r["error"] or "probe")[:6]
         print(f"{r['name']:<24}{r['irq']:>4}{mib:>7}  {state:<6}{stats.get('completed', 0):>9}"
               f"{stats.get('errors', 0):>7}{stats.get('in_flight', 0):>6}")
+
+
+# ---- trace -----------------------------------------------------------------------
+
+def cmd_trace(args, host: str) -> int:
+    from launcher import trace
+    folder = trace.folder(host)
+    if not os.path.isdir(folder):
+        raise HostError(f"no trace of host '{host}' (boot it with 'xenolab up --trace')")
+    events = trace.load(folder)
+    if not events:
+        raise HostError(f"host '{host}' has recorded nothing yet ({folder})")
+    if args.steps:
+        ids = None if not args.ids else [_trace_id(i) for i in args.ids]
+        for line in trace.sequence(events, ids):
+            print(line)
+    trace.write_chrome(events, args.output)
+    procs = len({e.proc.who for e in events})
+    say(f"Wrote {len(events)} records of {procs} processes to {os.path.abspath(args.output)} "
+        "(open it in https://ui.perfetto.dev)")
+    return 0
+
+
+def _trace_id(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        try:
+            return int(text, 16)
+        except ValueError:
+            raise HostError(f"bad trace id {text!r}") from None

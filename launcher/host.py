@@ -14,6 +14,10 @@ Rules:
    start, every missing image is made (a 16 MiB ext2 from the XenoLinux
    template, launcher.images); an existing one is never touched, so what a
    guest wrote survives a reboot of the host.
+5. Tracing (`trace=True`): every process the supervisor starts gets
+   $XENOLAB_TRACE = <run dir>/trace (launcher.trace.folder), and Xen's
+   domains inherit it from Xen. Otherwise they inherit the supervisor's
+   environment as it is.
 """
 
 import json
@@ -29,12 +33,14 @@ import psutil
 
 from hypervisor.public.endpoints import xen_endpoint
 from hypervisor.public.platform import FIRST_DEVICE_IRQ
+from hypervisor.public.trace import ENV as TRACE_ENV
 from launcher import rundir
 from launcher.client import ToolstackClient
 from launcher.devspec import DeviceSpec, with_disk_devices
 from launcher.hostspec import HostSpec
 from launcher.images import make_image
 from launcher.rundir import HostError, PidRecord
+from launcher.trace import folder as trace_folder
 
 BOOT_TIMEOUT_S = 30.0
 IMAGE_MIB = 16  # the size of an image the launcher makes
@@ -47,7 +53,8 @@ def _die_with_parent():
 
 
 class Host:
-    def __init__(self, spec: HostSpec, name: str | None = None, progress=None) -> None:
+    def __init__(self, spec: HostSpec, name: str | None = None, progress=None,
+                 trace: bool = False) -> None:
         self.name = rundir.host_name(name or spec.name)
         self.image_dir = rundir.image_dir(self.name)
         self.spec = with_disk_devices(spec, self.image_dir)
@@ -57,6 +64,7 @@ class Host:
         self._client: ToolstackClient | None = None
         self.ready_s: float | None = None
         self.devices: list = []  # (DeviceSpec, Popen, Xen's ctl end, secret, irq)
+        self.trace_dir = trace_folder(self.name) if trace else None
 
     # ---- boot ----------------------------------------------------------
 
@@ -64,6 +72,9 @@ class Host:
         t0 = time.monotonic()
         self.progress(f"Preparing run directory {rundir.prepare(self.name)}")
         self._write_auto()
+        if self.trace_dir:
+            os.makedirs(self.trace_dir, exist_ok=True)
+            self.progress(f"Tracing every process into {self.trace_dir}")
         try:
             self._make_images()
             self._start_devices()
@@ -119,7 +130,7 @@ class Host:
             with open(os.path.join(self.dir, "logs", f"{dev.name}.log"), "ab") as log:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, pass_fds=(dev_end.fileno(),),
-                                        start_new_session=True)
+                                        start_new_session=True, env=self._env())
             dev_end.close()
             self.devices.append((dev, proc, xen_end, secret, irq))
 
@@ -136,12 +147,17 @@ class Host:
         with open(os.path.join(self.dir, "logs", "hypervisor.log"), "ab") as log:
             self.xen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                        pass_fds=fds, preexec_fn=_die_with_parent)
+                                        pass_fds=fds, preexec_fn=_die_with_parent,
+                                        env=self._env())
         for _, _, xen_end, _, _ in self.devices:
             xen_end.close()
         me = psutil.Process()
         rundir.write_pids(self.dir, PidRecord(me.pid, me.create_time(), self.xen.pid,
                                               psutil.Process(self.xen.pid).create_time()))
+
+    def _env(self) -> dict[str, str] | None:
+        """The environment of the processes the supervisor starts (rule 5)."""
+        return {**os.environ, TRACE_ENV: self.trace_dir} if self.trace_dir else None
 
     # ---- use -----------------------------------------------------------
 

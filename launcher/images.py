@@ -1,7 +1,8 @@
 """Guest disk images: raw files holding an ext2 filesystem made from a template.
 
 Rules:
-1. `mke2fs -t ext2 -d TEMPLATE` builds the filesystem; the result is
+1. `mke2fs -t ext2 -d TEMPLATE` builds the filesystem (the guest's programs
+   from domains/xenolinux/bin/ become its /bin); the result is
    reproducible: fixed UUID and directory hash seed, a fixed mke2fs clock
    (E2FSPROGS_FAKE_TIME) and a staged copy of the template whose files all
    carry the same timestamp and mode, so two builds are byte-identical.
@@ -27,6 +28,11 @@ def default_template() -> str:
     return str(resources.files("domains.xenolinux") / "rootfs")
 
 
+def guest_programs() -> str:
+    """The folder whose files become /bin of every image (the guest's programs)."""
+    return str(resources.files("domains.xenolinux") / "bin")
+
+
 def make_image(path: str, size_mib: int = 16, template: str | None = None,
                overwrite: bool = False) -> str:
     """Create `path` as an ext2 image of `size_mib` from `template`."""
@@ -38,6 +44,8 @@ def make_image(path: str, size_mib: int = 16, template: str | None = None,
     with tempfile.TemporaryDirectory() as stage:
         root = os.path.join(stage, "root")
         shutil.copytree(template, root, ignore=shutil.ignore_patterns(".keep", "__pycache__"))
+        shutil.copytree(guest_programs(), os.path.join(root, "bin"), dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
         _normalise(root)
         _mke2fs(path, root, size_mib)
     return path
@@ -48,7 +56,8 @@ def _normalise(root: str) -> None:
     for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
         for name in filenames:
             p = os.path.join(dirpath, name)
-            os.chmod(p, 0o755 if os.access(p, os.X_OK) else 0o644)
+            executable = os.access(p, os.X_OK) or os.path.basename(dirpath) == "bin"
+            os.chmod(p, 0o755 if executable else 0o644)
             os.utime(p, (FIXED_TIME, FIXED_TIME))
         os.chmod(dirpath, 0o755)
         os.utime(dirpath, (FIXED_TIME, FIXED_TIME))

@@ -53,12 +53,12 @@ def agent_domain(name: str, **kw) -> DomainSpec:
 
 @pytest.fixture
 def make_host():
-    """make_host(spec) -> a started Host, torn down and leak-checked after."""
+    """make_host(spec, trace=False) -> a started Host, torn down and leak-checked after."""
     started: list[tuple[Host, set[str]]] = []
 
-    def make(spec: HostSpec | None = None, *domains: DomainSpec) -> Host:
+    def make(spec: HostSpec | None = None, *domains: DomainSpec, trace: bool = False) -> Host:
         spec = spec or HostSpec(name="t", domains=domains)
-        h = Host(spec, name=f"t{os.getpid()}-{next(_names)}")
+        h = Host(spec, name=f"t{os.getpid()}-{next(_names)}", trace=trace)
         started.append((h, shm_entries()))
         return h.start()
 
@@ -119,3 +119,4 @@ def xenolab(*args, check=True, **kw) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"xenolab {' '.join(args)} failed: {proc.stderr}")
     return proc
+

@@ -12,6 +12,7 @@ Rules (reference 5.3, with the model's byte-per-port layout):
 from collections.abc import Callable
 
 from domains.kernel.hypercall import HypercallClient
+from hypervisor.public import trace
 from hypervisor.public.event_channel import (
     EVTCHN_MASK_OFFSET,
     EVTCHN_PENDING_OFFSET,
@@ -60,12 +61,17 @@ class EventChannelDriver:
         self.handlers.pop(port, None)
         self.client.call(OP, EvtchnOp.close, {"port": port})
 
-    def notify(self, port: int) -> None:
-        """notify_remote_via_evtchn: a posted EVTCHNOP_send (its result unused)."""
+    def notify(self, port: int, trace_id: int = 0) -> None:
+        """notify_remote_via_evtchn: a posted EVTCHNOP_send (its result unused);
+        trace_id is the request it is for (a new trace if none)."""
+        if trace.on:
+            trace.stamp(trace.EVTCHN_SEND, trace_id or trace.new_id(), port)
         self.client.post(OP, EvtchnOp.send, {"port": port})
 
-    def send(self, port: int) -> int:
+    def send(self, port: int, trace_id: int = 0) -> int:
         """EVTCHNOP_send, waiting for its return value."""
+        if trace.on:
+            trace.stamp(trace.EVTCHN_SEND, trace_id or trace.new_id(), port)
         return self.client.call(OP, EvtchnOp.send, {"port": port})[0]
 
     def status(self, port: int, dom: int = DOMID_SELF):
@@ -102,6 +108,8 @@ class EventChannelDriver:
         while port >= 0:
             if not self.mask[port]:
                 self.pending[port] = 0
+                if trace.on:
+                    trace.stamp(trace.EVTCHN_UPCALL, 0, port)
                 handler = self.handlers.get(port)
                 if handler is not None:
                     handler(port)

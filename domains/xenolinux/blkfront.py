@@ -17,8 +17,10 @@ from collections.abc import Callable
 
 from domains.kernel.ringio import FrontendRing
 from domains.kernel.xenbus_state import Duty, Role, Switch, next_actions
+from domains.xenolinux import trace as guest_trace
 from domains.xenolinux.blkfront_core import BlkfrontCore
 from domains.xenolinux.blkfront_io import BackendFeatures, BlockIo, Completion
+from hypervisor.public import trace
 from hypervisor.public.blkif import (
     BLKIF_ENTRY_SIZE,
     BLKIF_OP_FLUSH_DISKCACHE,
@@ -29,6 +31,8 @@ from hypervisor.public.blkif import (
 from hypervisor.public.xen import PAGE_SIZE
 from hypervisor.public.xenbus import XenbusState as S
 
+_OP_NAMES = {BLKIF_OP_READ: "read", BLKIF_OP_WRITE: "write",
+             BLKIF_OP_FLUSH_DISKCACHE: "flush"}
 RING_PAGE_ORDER = 1  # 64 slots: many requests in flight
 FEATURE_KEYS = ("sectors", "info", "sector-size", "feature-flush-cache", "feature-barrier",
                 "feature-discard", "discard-secure", "feature-persistent")
@@ -68,6 +72,7 @@ class Blkfront:
         self.ring: FrontendRing | None = None
         self.features: BackendFeatures | None = None
         self.on_connect = on_connect
+        self.trace_ids: dict[int, int] = {}  # id(io) -> the submitter's trace id
         # blkfront.ring_start=N on the command line starts the ring's free-running
         # indices at N (to exercise 2^32 wrap-around on a real host).
         opts = dict(w.split("=", 1) for w in guest.si.cmdline.split() if "=" in w)
@@ -169,6 +174,8 @@ class Blkfront:
         return [(pfn, self.k.page(pfn)) for pfn in (self.k.frames.alloc() for _ in range(n))]
 
     def _submit(self, io: BlockIo) -> None:
+        if trace.on:
+            self._trace_submit(io)
         self.core.submit(io)
         self.k.call_soon_once(self._push)  # every submit of this turn: one push
 
@@ -181,7 +188,23 @@ class Blkfront:
             self._finish(done)
         self._push()
 
+    # ---- tracing (rule: the submitter's trace id follows its requests) -----
+
+    def _trace_submit(self, io: BlockIo) -> None:
+        tid = guest_trace.current  # the system call being served
+        self.trace_ids[id(io)] = tid
+        self.core.on_issue = self._trace_issue
+        trace.stamp(trace.BLKFRONT_SUBMIT, tid, self.k.domid, io.sector,
+                    _OP_NAMES.get(io.operation, "?"))
+
+    def _trace_issue(self, req_id: int, io: BlockIo) -> None:
+        trace.stamp(trace.RING_PUSH, self.trace_ids.get(id(io), 0), self.k.domid, req_id)
+
     def _finish(self, done: Completion) -> None:
+        if self.trace_ids:
+            tid = self.trace_ids.pop(id(done.io), 0)
+            trace.stamp(trace.BLKFRONT_RESPONSE, tid, self.k.domid, done.req_id,
+                        "OK" if done.status == 0 else f"status {done.status}")
         callback, pages, nr = done.io.cookie
         data = b"".join(bytes(p) for _, p in pages)[:nr * SECTOR_SIZE] if nr else b""
         for pfn, page in pages:

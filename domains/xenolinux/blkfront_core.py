@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from domains.kernel.ring import FrontRing, RingError
@@ -134,6 +135,7 @@ class BlkfrontCore:
         """``handle`` is the devid (xvda: 51712), sent in every request."""
         self.granter, self.pages, self.handle = granter, pages, handle
         self.want_persistent = want_persistent  # what we write as feature-persistent
+        self.on_issue: Callable[[int, BlockIo], None] | None = None  # (id, io) when traced
         self.state = BlkifState.DISCONNECTED
         self.error: RingError | None = None
         self.ring: FrontRing | None = None
@@ -240,6 +242,8 @@ class BlkfrontCore:
         sh.state, sh.request, sh.part = ShadowState.WAITING, req, part
         ring.put_request(req.pack())
         self._counts["requests"] += 1
+        if self.on_issue is not None:
+            self.on_issue(id_, io)  # the adapter's trace hook
 
     def _wire_op(self, op: int) -> int:
         f = self.features
@@ -301,7 +305,7 @@ class BlkfrontCore:
         self._release(sh)
         self._free_ids.append(req.id)
         self._account(req.operation, rsp.status)
-        self._finish_part(part, rsp.status, done)
+        self._finish_part(part, rsp.status, done, req.id)
 
     def _validate(self, raw: bytes) -> tuple[BlkifResponse, Shadow]:
         """Reference 1.7: id in range, shadow WAITING, operation as sent."""
@@ -319,13 +323,14 @@ class BlkfrontCore:
             raise RingError("backend", "response operation", detail)
         return rsp, sh
 
-    def _finish_part(self, part: IoPart, status: int, done: list[Completion]) -> None:
+    def _finish_part(self, part: IoPart, status: int, done: list[Completion],
+                     req_id: int = -1) -> None:
         owner = part.owner
         if status != BLKIF_RSP_OKAY and owner.status == BLKIF_RSP_OKAY:
             owner.status = status
         owner.left -= 1
         if owner.left == 0:
-            done.append(Completion(owner.io, owner.status))
+            done.append(Completion(owner.io, owner.status, req_id))
 
     def _account(self, op: int, status: int) -> None:
         self._counts["responses"] += 1

@@ -72,6 +72,7 @@ class BlockIo:
 class Completion:
     io: BlockIo
     status: int  # BLKIF_RSP_*: the first failure of any of its ring requests
+    req_id: int = -1  # the ring request that completed it last (for traces)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,17 +1,22 @@
-"""XenoLinux, minimal for now: boot, console, xenbus, shutdown control.
+"""XenoLinux's boot: console, xenbus, shutdown control, block devices, init.
 
 Boot order follows a PV Linux: start_info -> grant table -> timer VIRQ ->
-hvc console -> xenbus (xenstore ring) -> control/shutdown watch -> idle.
+hvc console -> xenbus (xenstore ring) -> control/shutdown watch -> blkfront
+-> (xvda connected) mount the root ext2 -> init (domains.xenolinux.system).
 """
 
 import time
+from collections.abc import Callable
 
 from domains.kernel.console import Console
 from domains.kernel.xenbus import XenbusClient
 from domains.xenolinux import blkfront
+from domains.xenolinux.system import XenoLinux
+from hypervisor.public.blkif import vdev_devid
 from hypervisor.public.start_info import StartInfo
 from hypervisor.public.xen import XEN_VERSION, ShutdownReason
 
+ROOT_DEVID = vdev_devid("xvda")
 SHUTDOWN_REQUESTS = {
     "poweroff": ShutdownReason.poweroff,
     "halt": ShutdownReason.poweroff,
@@ -29,6 +34,8 @@ class Guest:
         self.console = Console(kernel, kernel.page(si.console_mfn), si.console_evtchn)
         self.xs = XenbusClient(kernel, kernel.page(si.store_mfn), si.store_evtchn)
         self.home = f"/local/domain/{kernel.domid}"
+        # Run before a requested shutdown (syncing filesystems); it calls back.
+        self.before_shutdown: Callable[[Callable[[], None]], None] | None = None
 
     def printk(self, msg: str) -> None:
         self.console.write(f"[{time.monotonic() - self.t0:12.6f}] {msg}\n")
@@ -45,10 +52,13 @@ class Guest:
             return
         self.xs.write("control/shutdown", "")
         self.printk(f"xenbus: shutdown request '{req}': shutting down")
-        self.kernel.shutdown(reason)
+        if self.before_shutdown is None:
+            self.kernel.shutdown(reason)
+        else:
+            self.before_shutdown(lambda: self.kernel.shutdown(reason))
 
 
-def boot(kernel) -> Guest:
+def boot(kernel, on_disk=None) -> Guest:
     si = kernel.early_boot()
     g = Guest(kernel, si)
     g.printk(f"Linux version 6.1.0-xenolab (XenoLinux) on Xen {XEN_VERSION[0]}."
@@ -60,13 +70,20 @@ def boot(kernel) -> Guest:
     name = g.xs.read("name")
     g.printk(f"xenbus: connected to xenstore on port {si.store_evtchn}; I am '{name}'")
     g.watch_shutdown()
-    g.disks = {} if "blkfront=off" in si.cmdline.split() else blkfront.probe(g)
+    g.disks = {} if "blkfront=off" in si.cmdline.split() else blkfront.probe(g, on_disk)
     return g
 
 
 def main(kernel) -> None:
-    g = boot(kernel)
-    # No shell yet: show that console input reaches the guest through in[].
-    g.console.set_input(lambda data: g.printk(f"hvc0: input {data.decode(errors='replace')!r}"))
-    g.printk("Freeing unused kernel memory; init: idle")
+    holder: list = []
+
+    def on_disk(front) -> None:
+        if front.devid == ROOT_DEVID and holder:
+            holder[0].root_connected(front)
+
+    g = boot(kernel, on_disk)
+    holder.append(XenoLinux(g))
+    for front in g.disks.values():  # connected while we were still booting
+        if front.connected:
+            on_disk(front)
     kernel.run()

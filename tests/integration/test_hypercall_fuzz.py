@@ -5,6 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hypervisor.public import envelope
+from hypervisor.public.mmu import MMU_UPDATE_SIZE, MMUEXT_OP_SIZE
 from hypervisor.public.xen import Hypercall
 from tests.conftest import agent_domain
 
@@ -16,13 +17,29 @@ scalars = st.one_of(st.integers(-2**63, 2**64 - 1), st.binary(max_size=64), st.t
 values = st.recursive(scalars, lambda kids: st.one_of(
     st.lists(kids, max_size=4), st.dictionaries(st.sampled_from(
         ["dom", "port", "ref", "flags", "remote_dom", "remote_port", "virq", "domid", "data",
-         "nr_frames", "handle", "source", "dest", "len", "offset", "deadline_ns", "ports"]),
+         "nr_frames", "handle", "source", "dest", "len", "offset", "deadline_ns", "ports",
+         "reqs", "ops", "foreigndom"]),
         kids, max_size=5)), max_leaves=12)
 
 
 @st.composite
+def mmu_frames(draw):
+    """mmu_update / mmuext_op with packed structs of random (mostly whole) sizes."""
+    hc = draw(st.sampled_from([Hypercall.mmu_update, Hypercall.mmuext_op]))
+    size = MMU_UPDATE_SIZE if hc == Hypercall.mmu_update else MMUEXT_OP_SIZE
+    n = draw(st.integers(0, 6))
+    raw = draw(st.binary(min_size=n * size, max_size=n * size + draw(st.sampled_from([0, 0, 3]))))
+    args = {"reqs" if hc == Hypercall.mmu_update else "ops": raw}
+    if draw(st.booleans()):
+        args["foreigndom"] = draw(st.integers(-1, 2**32) | st.sampled_from([0, 1, 0x7FF0]))
+    return msgpack.packb([1, draw(st.integers(1, 2**31 - 1)), int(hc), 0, args])
+
+
+@st.composite
 def frames(draw):
-    kind = draw(st.integers(0, 9))
+    kind = draw(st.integers(0, 11))
+    if kind >= 10:
+        return draw(mmu_frames())
     if kind == 0:
         return draw(st.binary(max_size=200))  # not even msgpack
     if kind == 1:

@@ -57,3 +57,21 @@ def test_wrong_version_and_shapes_are_refused():
     assert envelope.decode_from_xen(envelope.UPCALL_FRAME)[0] == envelope.UPCALL
     assert envelope.decode_from_xen(envelope.encode_reply(3, -22)) == (envelope.REPLY, 3, -22,
                                                                        None)
+
+
+def test_mmu_formats_and_geometry():
+    from hypervisor.public import mmu
+    from hypervisor.public.xen import Hypercall
+
+    assert (Hypercall.mmu_update, Hypercall.mmuext_op) == (1, 26)
+    assert struct.calcsize(mmu.MMU_UPDATE_FORMAT) == mmu.MMU_UPDATE_SIZE == 16
+    assert struct.calcsize(mmu.MMUEXT_OP_FORMAT) == mmu.MMUEXT_OP_SIZE == 24  # x86_64
+    assert (mmu.L1_PAGETABLE_ENTRIES, mmu.L2_PAGETABLE_ENTRIES, mmu.PTE_SIZE) == (1024, 1024, 4)
+    assert (mmu.L2_FIRST_XEN_SLOT, mmu.MAX_MFN) == (1008, 2**20)  # Xen's top 64 MB
+    va = 0xC080_1234
+    assert (mmu.l2_table_offset(va), mmu.l1_table_offset(va), va & 0xFFF) == (0x302, 1, 0x234)
+    reqs, ops = [(0x1234_5000, 0xABCDE067)], [(mmu.MMUEXT_PIN_L2_TABLE, 0x12345, 0)]
+    assert mmu.unpack_mmu_updates(mmu.pack_mmu_updates(reqs)) == reqs
+    assert mmu.unpack_mmuext_ops(mmu.pack_mmuext_ops(ops)) == ops
+    with pytest.raises(ValueError):
+        mmu.unpack_mmu_updates(b"\0" * 15)

@@ -21,7 +21,7 @@ from domains.dom0.drivers import device_list
 from domains.dom0.xenstored.perms import XsError
 from domains.kernel.ringio import BackendRing
 from domains.kernel.xenbus_state import Duty, Event, Role, Switch, next_actions
-from hypervisor.public import hops
+from hypervisor.public import hops, trace
 from hypervisor.public.blkif import (
     BLKIF_ENTRY_SIZE,
     BLKIF_RSP_EOPNOTSUPP,
@@ -93,6 +93,7 @@ class VbdBackend:
         self.core: BlkbackCore | None = None
         self.pending_actions: list = []
         self.done: list[tuple[int, int]] = []  # device completions not yet answered
+        self.traced: dict[int, tuple[int, int]] = {}  # tag -> (trace id, request id)
         self.removed = False
         self._guarded(lambda: self._run(next_actions(Role.BACKEND, self.state, self.other,
                                                      Event.PROBE)))
@@ -209,6 +210,10 @@ class VbdBackend:
 
     def _submit(self, plan: IoPlan) -> None:
         hops.stamp(hops.BACK_SUBMIT, self.fe)
+        if trace.on:  # a local id, joined to the frontend's by the collector
+            tid = trace.new_id()
+            self.traced[plan.tag] = (tid, plan.id)
+            trace.stamp(trace.BLKBACK_DISPATCH, tid, self.fe, plan.id)
         done = lambda status, tag=plan.tag: self._complete(tag, status)  # noqa: E731
         if plan.flags & DiskFlags.PREFLUSH and plan.disk_op is not DiskOp.FLUSH:
             self.disk.flush()  # the device runs commands in ring order
@@ -219,6 +224,9 @@ class VbdBackend:
 
     def _complete(self, tag: int, status: int) -> None:
         """Collect an interrupt's completions; answer them all with one push."""
+        if trace.on and tag in self.traced:
+            tid, req_id = self.traced.pop(tag)
+            trace.stamp(trace.BLKBACK_RESPONSE, tid, self.fe, req_id)
         if not self.done:
             self.k.call_soon(self._complete_batch)
         self.done.append((tag, blkif_status(status)))

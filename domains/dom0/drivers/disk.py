@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import zmq
 
 from domains.kernel.ring import FrontRing, RingError, RingStatistics
-from hypervisor.public import hops
+from hypervisor.public import hops, trace
 from hypervisor.public.diskdev import (
     CMD_SIZE,
     DISK_INFO_MAGIC,
@@ -166,6 +166,7 @@ class DiskDriver:
         if self.ring.push_requests():
             self.doorbells += 1
             hops.stamp(hops.DRV_DOORBELL, self.irq)
+            trace.stamp(trace.DRIVER_DOORBELL, 0, self.irq, self.doorbells)
             self._send(KICK)
 
     def _refill(self) -> None:
@@ -182,6 +183,7 @@ class DiskDriver:
         self.irqs += 1
         self.irq_ns = time.monotonic_ns()
         hops.stamp(hops.DRV_IRQ, self.irq)
+        trace.stamp(trace.DRIVER_IRQ, 0, self.irq, self.irqs)
         if not self._check_info():
             return
         try:
