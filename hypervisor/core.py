@@ -31,7 +31,7 @@ from hypervisor.grant_table import GrantTables
 from hypervisor.iommu import Device, Iommu
 from hypervisor.memory import MemoryObject
 from hypervisor.mm import FrameTable
-from hypervisor.public import envelope, hops
+from hypervisor.public import envelope, hops, trace
 from hypervisor.public.event_channel import SHARED_INFO_SIZE
 from hypervisor.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTMAP_readonly
 from hypervisor.public.platform import (
@@ -333,6 +333,7 @@ class Hypervisor:
             return
         if req.cmd == PlatformOp.irq:
             hops.stamp(hops.XEN_PIRQ, dev.irq)
+            trace.stamp(trace.XEN_PIRQ, 0, dev.irq)
             self.evtchn.raise_pirq(dev.irq)
         elif req.cmd == PlatformOp.hello:
             self._device_hello(dev, req.seq)

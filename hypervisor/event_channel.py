@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeGuard
 
-from hypervisor.public import hops
+from hypervisor.public import hops, trace
 from hypervisor.public.event_channel import (
     EVTCHN_MASK_OFFSET,
     EVTCHN_PENDING_OFFSET,
@@ -307,6 +307,7 @@ class EventChannels:
         hops.stamp(hops.XEN_SEND, caller, chn.remote_dom)
         peer = self._domains.get(chn.remote_dom)
         if peer is not None:
+            trace.stamp(trace.XEN_EVTCHN_PENDING, 0, chn.remote_dom, chn.remote_port)
             self._set_pending(peer, chn.remote_port)
         return 0
 

@@ -13,6 +13,7 @@ Rules:
 """
 
 import os
+import re
 import time
 
 from hypervisor.public import trace as T
@@ -26,7 +27,8 @@ from launcher.rundir import HostError
 HOST = "demo"
 SECTIONS = {1: "A user launches foo in d1", 2: "foo: fopen(\"bar\"), then fwrite",
             3: "Process protection", 4: "Why virtualize"}
-NOISE = {T.CONSOLE_WRITE}  # console chatter: every prompt and echo would show
+NOISE = {T.CONSOLE_WRITE}
+PROMPT = re.compile(r"/\S* # ")  # console chatter: every prompt and echo would show
 
 
 def run(sections: list[int], out_json: str, say=print) -> int:
@@ -51,8 +53,11 @@ def run(sections: list[int], out_json: str, say=print) -> int:
 class Demo:
     def __init__(self, h: Host, say) -> None:
         self.h, self.say = h, say
+        GuestShell(h, "d2")  # both guests at their prompts: nothing else is booting
         self.sh = GuestShell(h, "d1")
         self.foo: list | None = None  # the events of the run of foo
+        self.d1_disks = {d.name for d in h.spec.devices if "/d1." in d.image
+                         or d.image.endswith("d1.img")}
 
     # ---- reading the records ------------------------------------------------
 
@@ -72,9 +77,18 @@ class Demo:
             t0 = time.monotonic_ns()
             out = self.sh.run("foo")
             self.foo_output = out
-            self.foo = [e for e in self._events(t0) if e.point not in NOISE
-                        and (e.domid in (None, 0, 1))]
+            self.foo = [e for e in self._events(t0) if self._about_d1(e)]
         return self.foo
+
+    def _about_d1(self, e) -> bool:
+        """d1's own records, and those of Xen, Domain-0 and devices acting for it."""
+        if e.point in NOISE or e.domid not in (None, 0, 1):
+            return False
+        if e.proc.is_device:
+            return e.who in self.d1_disks
+        point = T.Point(e.point) if e.point in T.Point._value2member_map_ else None
+        names_a_domain = point is not None and "{adom}" in point.text
+        return not names_a_domain or e.a in (0, 1)
 
     @staticmethod
     def _pid_of(events: list, name: str) -> int:
@@ -88,8 +102,12 @@ class Demo:
     def section_1(self) -> None:
         events = self._run_foo()
         pid = self._pid_of(events, "foo")
-        start = next(i for i, e in enumerate(events)
-                     if e.point == T.PROC_WAKE and e.s == "sh")
+        born = next(i for i, e in enumerate(events) if e.point == T.PCB_CREATE and e.a == pid)
+        sh = events[born].b
+        line_read = max(i for i, e in enumerate(events[:born])
+                        if e.point == T.SYSCALL_EXIT and e.a == sh and e.s == "read")
+        start = max(i for i, e in enumerate(events[:line_read])
+                    if e.point == T.PROC_WAKE and e.a == sh)
         end = next(i for i, e in enumerate(events)
                    if e.point == T.SCHED_IN and e.a == pid)
         self.say("The shell (sh) read the line 'foo' from the console and spawns it:")
@@ -118,23 +136,34 @@ class Demo:
         sh = self.sh
         self.say("Two processes store different values at the same virtual address:")
         sh.run("memtest 111 0.3 &")
-        out = sh.run("memtest 222 0.3") + sh.wait_for("read 111")
-        self._console(out, "memtest")
+        self._console(self._also(sh.run("memtest 222 0.3"), "read 111"), "memtest")
         self.say("\nA process touches the kernel's region above VMMAX, another an "
                  "unmapped address, while a third keeps running:")
-        sh.run("memtest 7 0.5 &")
+        out = sh.run("memtest 7 0.5 &")
         for where in ("kernel", "unmapped"):
-            self._console(sh.run(f"segv {where}"), "")
-        self._console(sh.wait_for("read 7"), "memtest")
+            out += "\n" + sh.run(f"segv {where}")
+        self._console(self._also(out, "read 7"), "")
         self.say("\nThe guest kernel itself asks Xen for forbidden page-table updates:")
         t0 = time.monotonic_ns()
         self._console(sh.run("mmuprobe"), "mmuprobe")
-        xen = [e for e in self._events(t0) if e.point in (T.MMU_UPDATE, T.XEN_MMU_UPDATE)
-               and e.domid in (None, 1)]
-        self._steps(xen)
+        self._steps(self._refusals(self._events(t0)))
+
+    @staticmethod
+    def _refusals(events: list) -> list:
+        """Each refused mmu_update: the guest's request, then Xen's answer."""
+        out = []
+        for i, e in enumerate(events):
+            if e.point == T.XEN_MMU_UPDATE and "REFUSED" in e.s:
+                asked = [x for x in events[:i] if x.point == T.MMU_UPDATE and x.domid == e.a]
+                out += asked[-1:] + [e]
+        return out
+
+    def _also(self, out: str, marker: str) -> str:
+        """`out`, plus what a background process prints later, up to `marker`."""
+        return out if marker in out else out + self.sh.wait_for(marker)
 
     def _console(self, out: str, keep: str) -> None:
-        for line in out.replace("\r", "").split("\n"):
+        for line in PROMPT.sub("\n", out.replace("\r", "")).split("\n"):
             line = line.strip()
             if line and (not keep or keep in line or "segfault" in line
                          or "Segmentation" in line):

@@ -26,6 +26,7 @@ from domains.kernel.evtchn import EventChannelDriver
 from domains.kernel.gnttab import GrantTableDriver
 from domains.kernel.hypercall import HypercallClient
 from domains.kernel.mm import FrameAllocator
+from hypervisor.public import trace
 from hypervisor.public.event_channel import SHARED_INFO_SIZE
 from hypervisor.public.start_info import FIRST_FREE_PFN, START_INFO_PFN, StartInfo
 from hypervisor.public.xen import PAGE_SIZE, ConsoleIO, Hypercall, SchedOp, Virq, XenVersionCmd
@@ -169,17 +170,20 @@ class Kernel:
         if self.xen.upcall:
             self.xen.flush()
             return
+        trace.begin(trace.KERNEL_BLOCK)
         self.xen.block_async()  # carries the posted calls
         self.xen.flush()
         self.idle_blocks += 1
         if not self.readers:
             self.xen.wait()  # a DomU: nothing but Xen can wake us
+            trace.end(trace.KERNEL_WAKE)
             return
         for sock, _ in self.poller.poll():
             if sock is self.xen.sock:
                 self.xen.drain()
             else:
                 self.readers[sock]()
+        trace.end(trace.KERNEL_WAKE)
         if self.armed_ns and self.armed_ns <= time.monotonic_ns():
             self.armed_ns = 0  # the one-shot timer has fired
 

@@ -36,6 +36,7 @@ import weakref
 from dataclasses import dataclass
 from typing import NoReturn
 
+from hypervisor.public import trace
 from hypervisor.public.mmu import (
     _PAGE_PRESENT,
     _PAGE_RW,
@@ -54,6 +55,7 @@ from hypervisor.public.mmu import (
     MMUEXT_TLB_FLUSH_MULTI,
     PTE_FORMAT,
     PTE_SIZE,
+    ext_names,
     pack_mmu_updates,
     pack_mmuext_ops,
 )
@@ -153,6 +155,11 @@ class MmuBatch:
             hc, args = Hypercall.mmuext_op, {"ops": pack_mmuext_ops(run)}
         args["foreigndom"] = self.foreigndom
         self.traps += 1
+        if trace.on:
+            if kind == _UPDATE:
+                trace.stamp(trace.MMU_UPDATE, trace.current, len(run))
+            else:
+                trace.stamp(trace.MMUEXT_OP, trace.current, len(run), 0, ext_names(run))
         rc, out = self.k.xen.call(hc, 0, args)
         done = out.get("done", 0) if isinstance(out, dict) else 0
         if kind == _EXT and self.foreigndom == DOMID_SELF:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 from domains.kernel.ringio import FrontendRing
 from domains.kernel.xenbus_state import Duty, Role, Switch, next_actions
-from domains.xenolinux import trace as guest_trace
 from domains.xenolinux.blkfront_core import BlkfrontCore
 from domains.xenolinux.blkfront_io import BackendFeatures, BlockIo, Completion
 from hypervisor.public import trace
@@ -191,11 +190,13 @@ class Blkfront:
     # ---- tracing (rule: the submitter's trace id follows its requests) -----
 
     def _trace_submit(self, io: BlockIo) -> None:
-        tid = guest_trace.current  # the system call being served
+        tid = trace.current  # the system call being served
         self.trace_ids[id(io)] = tid
         self.core.on_issue = self._trace_issue
-        trace.stamp(trace.BLKFRONT_SUBMIT, tid, self.k.domid, io.sector,
-                    _OP_NAMES.get(io.operation, "?"))
+        what = _OP_NAMES.get(io.operation, "request")
+        if io.nr_sectors:
+            what += f" of {io.nr_sectors} sectors at sector {io.sector}"
+        trace.stamp(trace.BLKFRONT_SUBMIT, tid, self.k.domid, io.sector, what)
 
     def _trace_issue(self, req_id: int, io: BlockIo) -> None:
         trace.stamp(trace.RING_PUSH, self.trace_ids.get(id(io), 0), self.k.domid, req_id)

@@ -75,7 +75,7 @@ class BlockDevice:
         got: dict[int, bytes] = {}
         plan = runs(sorted(set(nos)), per)
         batch = _Batch(len(plan), resume, lambda: [got[n] for n in nos])
-        T.stamp(T.BLOCK_READ, T.current, nos[0], len(nos))
+        T.stamp(T.BLOCK_READ, T.current(), nos[0], len(nos))
         for first, count in plan:
             self.front.read(first * per, count * per, _reader(first, count, bs, got, batch))
         return None
@@ -87,7 +87,7 @@ class BlockDevice:
         per = req.block_size // SECTOR_SIZE
         plan = runs(sorted(blocks), per)
         batch = _Batch(len(plan), resume, lambda: None)
-        T.stamp(T.BLOCK_WRITE, T.current, min(blocks), len(blocks))
+        T.stamp(T.BLOCK_WRITE, T.current(), min(blocks), len(blocks))
         for first, count in plan:
             data = b"".join(bytes(blocks[first + i]) for i in range(count))
             self.front.write(first * per, data,
@@ -95,7 +95,7 @@ class BlockDevice:
         return None
 
     def flush(self, req: Flush, resume):
-        T.stamp(T.BLOCK_WRITE, T.current, 0, 0, "flush")
+        T.stamp(T.BLOCK_WRITE, T.current(), 0, 0, "flush")
         batch = _Batch(1, resume, lambda: None)
         self.front.flush(lambda status, _d: batch.one_done(status))
         return None

@@ -16,6 +16,7 @@ Rules:
 import errno
 from dataclasses import dataclass
 
+from domains.xenolinux import trace as T
 from hypervisor.public.xen import PAGE_SIZE
 
 TEXT_START = 0x0804_8000
@@ -57,6 +58,7 @@ class ProcessMemory:
         self.mmap_top = self.vmmax - STACK_SIZE - MMAP_GAP
         self.frames: dict[int, int] = {}  # page va -> pfn we gave it
         self.faults = 0
+        self.pid = 0  # whose memory (for traces)
 
     # ---- layout ------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class ProcessMemory:
             raise Segfault(va, write, f"write to read-only {a.name}")
         if why != "not-present":
             raise Segfault(va, write, why)
+        T.stamp(T.PAGE_FAULT, T.current(), va, self.pid)
         page_va = va & ~(PAGE_SIZE - 1)
         pfn = self.k.frames.alloc()
         self.k.page(pfn)[:] = bytes(PAGE_SIZE)

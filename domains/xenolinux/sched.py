@@ -109,6 +109,7 @@ class Scheduler:
                 self.exit(p, killed(min(p.pending)))
                 return
             self._load_mm(p)
+            T.set_current(p.trace_id)  # user mode: its faults are the process's
             req = self._step(p, value)
             if req is None:
                 return  # exited
@@ -154,6 +155,7 @@ class Scheduler:
     def _syscall(self, p: Pcb, req: Syscall):
         entry = self.handlers.get(req.name)
         p.syscall_id = T.new_id()  # one flow per system call, 0 when tracing is off
+        T.set_current(p.syscall_id)
         T.stamp(T.SYSCALL_ENTER, p.syscall_id, p.pid, 0, req.name)
         if entry is None:
             return self._ret(p, req, -ERRNO["ENOSYS"])

@@ -125,7 +125,9 @@ class XenoLinux:
             raise OSError(errno.E2BIG, f"{path}: program too large")
         image = yield from self.vfs.read(f, st.size)
         code = loader.compile_program(image, path)
+        T.stamp(T.ASPACE_CREATE, T.current(), self.vmmax, p.pid)
         mm = ProcessMemory(self.k, AddressSpace(self.k, self.vmmax), self.cpu)
+        mm.pid = p.pid
         mm.load_text(image)
         T.stamp(T.PROC_EXEC, p.trace_id, p.pid, len(image), path[-48:])
         self._install(p, mm, code, path, argv)

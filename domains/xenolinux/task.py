@@ -108,7 +108,7 @@ class Task:
         """Run the generator until it sleeps again or ends."""
         while True:
             self.current = None
-            T.current = self.trace_id  # what runs below stamps with our id
+            T.set_current(self.trace_id)  # what runs below stamps with our id
             try:
                 req = self.gen.throw(exc) if exc is not None else self.gen.send(value)
             except StopIteration as stop:

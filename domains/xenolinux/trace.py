@@ -1,14 +1,15 @@
 """The guest kernel's side of tracing (hypervisor.public.trace), plus the
 trace id of the work in progress.
 
-Rule: a system call runs under its process's trace id. Task.step sets
-`current` before it runs a kernel generator, so the layers below it (ext2,
+Rule: a system call runs under its own trace id. Task.advance sets
+hypervisor.public.trace.current before it runs a kernel generator, so the layers below it (ext2,
 the block layer, blkfront) stamp their records with the id of the request
 that caused them without every call passing it down.
 """
 
 from hypervisor.public import trace as _public
 from hypervisor.public.trace import (  # noqa: F401 - re-exported for the guest kernel
+    ASPACE_CREATE,
     BCACHE_MISS,
     BLOCK_READ,
     BLOCK_WRITE,
@@ -29,7 +30,14 @@ from hypervisor.public.trace import (  # noqa: F401 - re-exported for the guest 
     stamp,
 )
 
-current = 0  # the trace id of the system call being run
+
+def set_current(trace_id: int) -> None:
+    """The system call now running (public trace.current, read by every layer)."""
+    _public.current = trace_id
+
+
+def current() -> int:
+    return _public.current
 
 
 def on() -> bool:
@@ -41,7 +49,7 @@ def ext2_hook(kind: str, **info) -> None:
     if not _public.on:
         return
     if kind == "ext2.lookup":
-        stamp(EXT2_LOOKUP, current, info.get("dir", 0), info.get("ino") or 0,
+        stamp(EXT2_LOOKUP, _public.current, info.get("dir", 0), info.get("ino") or 0,
               str(info.get("name", ""))[:48])
     elif kind == "ext2.bread":
-        stamp(BCACHE_MISS, current, info.get("first", 0), info.get("blocks", 0))
+        stamp(BCACHE_MISS, _public.current, info.get("first", 0), info.get("blocks", 0))

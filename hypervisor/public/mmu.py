@@ -119,6 +119,18 @@ MMUEXT_UNMARK_SUPER = 20
 # linear_addr; } arg1; union { unsigned int nr_ents; const void *vcpumask;
 # xen_pfn_t src_mfn; } arg2; } on x86_64. The model has no guest pointers:
 # TLB_FLUSH_MULTI/INVLPG_MULTI carry the vCPU bitmap itself in arg2.
+MMUEXT_NAMES = {
+    MMUEXT_PIN_L1_TABLE: "PIN_L1", MMUEXT_PIN_L2_TABLE: "PIN_L2", MMUEXT_UNPIN_TABLE: "UNPIN",
+    MMUEXT_NEW_BASEPTR: "NEW_BASEPTR", MMUEXT_TLB_FLUSH_LOCAL: "TLB_FLUSH",
+    MMUEXT_INVLPG_LOCAL: "INVLPG", MMUEXT_TLB_FLUSH_ALL: "TLB_FLUSH_ALL",
+}
+
+
+def ext_names(ops) -> str:
+    """The commands of an mmuext_op batch, for traces: "PIN_L2,NEW_BASEPTR"."""
+    return ",".join(MMUEXT_NAMES.get(op[0], str(op[0])) for op in ops)[:32]
+
+
 MMUEXT_OP_FORMAT = "<I4xQQ"
 MMUEXT_OP_SIZE = struct.calcsize(MMUEXT_OP_FORMAT)
 

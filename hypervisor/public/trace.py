@@ -95,7 +95,7 @@ class Point(enum.IntEnum):
     BLOCK_READ = 18, "ext2", INSTANT, "{who}: reads {b} block(s) from block {a}"
     BLOCK_WRITE = 19, "ext2", INSTANT, "{who}: writes {b} block(s) at block {a}"
     # -- blkfront and rings (a = the frontend's domid, b = the request id) ----------------
-    BLKFRONT_SUBMIT = 20, "blkfront", INSTANT, "{who}: blkfront queues request {b} ({s})"
+    BLKFRONT_SUBMIT = 20, "blkfront", INSTANT, "{who}: blkfront queues a {s}"  # b = sector
     RING_PUSH = 21, "ring", INSTANT, "{who}: pushes request {b} onto the ring"
     BLKFRONT_RESPONSE = 22, "blkfront", INSTANT, "{who}: blkfront completes request {b} {s}"
     # -- guest event channels (a = the local port) ----------------------------------------
@@ -105,7 +105,7 @@ class Point(enum.IntEnum):
     XEN_HYPERCALL = 25, "hypercall", INSTANT, "Xen: {s} from {adom}"  # b = nr
     XEN_EVTCHN_SEND = 26, "xen.evtchn", INSTANT, "Xen: {adom} sends on its port {b}"
     XEN_EVTCHN_PENDING = 27, "xen.evtchn", INSTANT, "Xen → {adom}: port {b} pending (upcall)"
-    XEN_MMU_UPDATE = 28, "xen.mmu", INSTANT, "Xen: validates {b} page-table entries of {adom}"
+    XEN_MMU_UPDATE = 28, "xen.mmu", INSTANT, "Xen: validates {b} page-table entries of {adom}{s}"
     XEN_MMUEXT_OP = 29, "xen.mmu", INSTANT, "Xen: mmuext_op {s} for {adom}"
     XEN_PIRQ = 30, "xen.irq", INSTANT, "Xen: IRQ {a} → Domain-0 (physical IRQ event)"
     # -- Domain-0's backends and drivers ---------------------------------------------------
@@ -119,11 +119,14 @@ class Point(enum.IntEnum):
     DEVICE_IRQ = 37, "disk-device", INSTANT, "{who}: raises IRQ {a}"
     # -- consoles (a = bytes) --------------------------------------------------------------
     CONSOLE_WRITE = 38, "console", INSTANT, "{who}: writes {a} bytes to its console"
+    # -- guest memory, continued (b = the guest pid) ----------------------------------------
+    ASPACE_CREATE = 39, "mm", INSTANT, "{who}: builds address space 0..{a:#x} for process {b}"
 
 
 globals().update(Point.__members__)  # trace.SYSCALL_ENTER is Point.SYSCALL_ENTER
 
 on = False  # rule 1: the one global every stamp tests
+current = 0  # the trace id of the request this process is serving now (a kernel sets it)
 _dir: str | None = None
 _map: mmap.mmap | None = None
 _seq = itertools.count()
