@@ -32,7 +32,7 @@ SYSCALLS = (
     "open", "close", "read", "write", "lseek", "fsync", "stat", "fstat",
     "unlink", "mkdir", "rmdir", "readdir", "rename", "chdir", "getcwd",
     "dup", "dup2", "brk", "mmap", "munmap", "sleep", "time", "clock", "sched_yield",
-    "xen_mmu_probe",
+    "xen_mmu_probe", "drop_caches", "cachestat", "blkread_ns",
 )
 
 

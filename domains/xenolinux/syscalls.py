@@ -11,10 +11,12 @@ Rules:
    memory after the call.
 """
 
+import dataclasses
 import errno
 import time
 
 from domains.xenolinux import abi
+from domains.xenolinux.fs.blockreq import SECTOR_SIZE, ReadBlocks
 from domains.xenolinux.process import SIGNAL_NAMES, State, exited
 from domains.xenolinux.procmm import Segfault
 from domains.xenolinux.task import WaitQueue
@@ -287,6 +289,46 @@ def sys_chdir(os, p, path):
 
 def sys_getcwd(os, p):
     return p.cwd_path
+
+
+# ---- measuring the kernel (osbench) -------------------------------------------
+
+def sys_drop_caches(os, p):
+    """`sync; echo 3 > /proc/sys/vm/drop_caches`: write dirty buffers back,
+    then drop every clean buffer; how many were dropped. What stays is what
+    must: the superblock and group descriptors ext2 pins for the mount (its
+    mount-time state), and anything dirtied since the sync."""
+    if os.cache is None:
+        raise OSError(errno.ENODEV, "no root filesystem mounted")
+    yield from os.vfs.sync()
+    yield from os.vfs.lock.acquire()  # no ext2 operation is inside the cache
+    try:
+        return os.cache.drop_clean()
+    finally:
+        os.vfs.lock.release()
+
+
+def sys_cachestat(os, p):
+    """The buffer cache's counters (bcache.CacheStatistics) as a dict."""
+    if os.cache is None:
+        raise OSError(errno.ENODEV, "no root filesystem mounted")
+    return dataclasses.asdict(os.cache.statistics())
+
+
+def sys_blkread_ns(os, p, block):
+    """Read filesystem block `block` of xvda, bypassing the buffer cache (a
+    raw O_DIRECT read of one block); the nanoseconds it took, from the
+    request to this system call running again: the same path, and the same
+    wake-up, as each read of a cache miss. The block's data is discarded."""
+    if os.block is None or os.cache is None:
+        raise OSError(errno.ENODEV, "no root disk")
+    bs = os.cache.block_size
+    features = os.block.front.features  # `sectors` counts 512-byte units
+    blocks = features.sectors * SECTOR_SIZE // bs if features else 0
+    block = _int(block, 0, max(blocks, 1))
+    t0 = time.monotonic_ns()
+    yield ReadBlocks((block,), bs)
+    return time.monotonic_ns() - t0
 
 
 TABLE = {name: globals()[f"sys_{name}"] for name in abi.SYSCALLS}

@@ -10,7 +10,7 @@ import pytest
 
 from launcher import rundir
 from launcher.guestshell import GuestShell
-from launcher.hostspec import default_host
+from launcher.hostspec import default_host, parse_host_toml
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,6 +46,25 @@ def test_shell_runs_programs_from_bin_and_shows_exit_status(shared):
     assert re.fullmatch(r"sh: \[\d+\] sh: exit 3\n3", out), out
     ps = sh.run("ps")
     assert re.search(r"\b1\s+0 S .*/bin/init", ps) and " sh" in ps
+
+
+def test_exec_replaces_the_shell_and_init_starts_a_new_one(shared):
+    _, sh = shared
+    before = sh.run("ps")
+    out = sh.run("exec echo replaced")
+    assert out.startswith("replaced")
+    after = sh.run("ps")
+    old = re.search(r"^\s*(\d+)\s+1 \S .* sh$", before, re.M).group(1)
+    new = re.search(r"^\s*(\d+)\s+1 \S .* sh$", after, re.M).group(1)
+    assert old != new  # the echo ran as the old shell's pid; init respawned sh
+    assert "exec: nosuch: ENOENT" in sh.run("exec nosuch")
+
+
+def test_brk_mmap_and_use_after_munmap(shared):
+    _, sh = shared
+    out = sh.run("vmtest")
+    assert re.fullmatch(r"vmtest: brk 0x\w+ -> 0x\w+ ok, mmap at 0x\w+ ok, munmap 0", out)
+    assert "Segmentation fault" in sh.run("vmtest after")
 
 
 def test_foo_writes_bar_and_reads_it_back(shared):
@@ -132,3 +151,24 @@ def test_filesystem_work_survives_shutdown_and_passes_e2fsck(make_host):
     assert cat("/home/motd2") == (pathlib.Path(__file__).parents[2] /
                                   "domains/xenolinux/rootfs/etc/motd").read_bytes()
     assert cat("/home/work/big2") == bytes(300 * 1024)
+
+
+INIT_HOST = """
+[host]
+name = "initrun"
+[[domain]]
+name = "g1"
+memory = 32
+disk = ["format=raw, vdev=xvda, access=rw, target=g1.img"]
+cmdline = "vmmax=0x40000000 init.run=/bin/echo,hello,from,init init.run=/bin/nosuch"
+"""
+
+
+def test_init_runs_what_the_config_lists_and_vmmax_is_per_domain(make_host):
+    h = make_host(parse_host_toml(INIT_HOST, "test"))
+    sh = GuestShell(h, "g1")
+    log = h.xl("console_read", dom="g1", offset=0)["data"].decode()
+    assert "hello from init" in log and "init: cannot run /bin/nosuch" in log
+    assert "own value" in sh.run("memtest 3 0")
+    out = sh.run("segv 0x40001000")  # below the kernel region, above this domain's VMMAX
+    assert "beyond VMMAX" in out and "Segmentation fault" in out

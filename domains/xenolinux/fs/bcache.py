@@ -3,7 +3,7 @@
 Rules:
 1. Sans-IO. ``get``, ``get_many`` and ``sync`` are generators that yield
    blockreq requests; ``peek``, ``mark_dirty``, ``new_block``, ``hold``,
-   ``release`` and ``forget`` never yield.
+   ``release``, ``forget`` and ``drop_clean`` never yield.
 2. A buffer returned by ``get``/``get_many`` is valid until the caller's next
    ``yield from`` into the cache, unless it is held: modify it and
    ``mark_dirty`` it before yielding again, or ``hold`` it first.
@@ -183,6 +183,15 @@ class BufferCache:
         buf = self._bufs.pop(no, None)
         if buf is not None and buf.dirty:
             self._dirty -= 1
+
+    def drop_clean(self) -> int:
+        """Drop every clean, unheld buffer (Linux's drop_caches after a sync);
+        how many were dropped. Dirty buffers stay, and so do held ones: the
+        filesystem's pinned metadata and what a running operation holds."""
+        victims = [n for n, b in self._bufs.items() if not b.dirty and not b.holds]
+        for n in victims:
+            del self._bufs[n]
+        return len(victims)
 
     # ---- writing back ----------------------------------------------------
 
