@@ -153,6 +153,12 @@ def _bench_parser(sub) -> None:
     c.add_argument("--json", action="store_true")
     c.add_argument("--plot", metavar="FILE.png", help="draw the latency distribution")
     _host_arg(c)
+    c = bs.add_parser("guest", help="the guest OS in a DomU: exec, cold fopen against its "
+                      "block reads")
+    c.add_argument("--iterations", type=int, default=100,
+                   help="samples of each measure (default 100)")
+    c.add_argument("--json", action="store_true")
+    _host_arg(c)
 
 
 def main(argv=None) -> int:

@@ -31,6 +31,9 @@ def run(args) -> int:
         return cmd_xenstore(args, host)
     if args.command == "dev":
         return cmd_dev(args, host)
+    if args.command == "bench" and args.bench == "guest":
+        from launcher.bench_guest import run_guest
+        return run_guest(args, host)
     if args.command == "bench":
         from launcher.bench import run_bench
         return run_bench(args, host)

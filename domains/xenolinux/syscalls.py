@@ -19,6 +19,7 @@ from domains.xenolinux import abi
 from domains.xenolinux.fs.blockreq import SECTOR_SIZE, ReadBlocks
 from domains.xenolinux.process import SIGNAL_NAMES, State, exited
 from domains.xenolinux.procmm import Segfault
+from domains.xenolinux.sched import INIT_PID
 from domains.xenolinux.task import WaitQueue
 
 MAX_FDS = 64
@@ -130,7 +131,8 @@ def sys_kill(os, p, pid, sig):
         raise OSError(errno.ESRCH, f"pid {pid}")
     if _int(sig) not in SIGNAL_NAMES:
         raise OSError(errno.EINVAL, f"signal {sig}")
-    os.sched.signal(target, sig)
+    if target.pid != INIT_PID:  # as in Linux, init gets no signal it has no handler for
+        os.sched.signal(target, sig)
     return 0
 
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.conftest import xenolab
+from tests.conftest import assert_no_leaks, shm_entries, xenolab
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -14,7 +14,9 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "trace.json"
+    shm = shm_entries()
     run = xenolab("demo", "-o", str(out))
+    assert_no_leaks("demo", shm)  # the demo's host is down and left nothing behind
     return run.stdout, json.loads(out.read_text())
 
 

@@ -123,6 +123,12 @@ def test_kill_ends_a_running_or_sleeping_process(shared, prog, sig, verdict):
     assert not re.search(rf"^\s*{pid}\s", sh.run("ps"), re.M)
 
 
+def test_init_cannot_be_killed(shared):
+    _, sh = shared
+    assert sh.run("kill -9 1 ; kill 1") == ""
+    assert re.search(r"^\s*1\s+0 S .*/bin/init", sh.run("ps"), re.M)
+
+
 def image_of(h, dom: str) -> pathlib.Path:
     return pathlib.Path(rundir.run_root()) / "images" / h.name / f"{dom}.img"
 

@@ -170,6 +170,26 @@ def test_a_driver_answering_the_wrong_count_is_refused():
         gen.send([bytes(BS)])
 
 
+def test_drop_clean_keeps_dirty_and_held_buffers_and_the_next_get_reads_again():
+    disk, cache = FakeDisk(), BufferCache(BS, 16)
+    disk.run(cache.get_many(range(6)))
+    cache.hold(0)  # e.g. the superblock, pinned for the mount
+    cache.mark_dirty(1)
+    cache.new_block(9)
+    assert cache.drop_clean() == 4  # 2, 3, 4, 5
+    assert [n for n in range(10) if cache.peek(n) is not None] == [0, 1, 9]
+    s = cache.statistics()
+    assert (s.cached, s.dirty, s.held) == (3, 2, 1)
+    assert cache.drop_clean() == 0
+    before = cache.statistics()
+    assert disk.run(cache.get(3)) == disk.block(3)
+    after = cache.statistics()
+    assert (after.misses - before.misses, after.read_requests - before.read_requests) == (1, 1)
+    disk.run(cache.sync())  # what was dirty is written, then clean and droppable
+    cache.release(0)
+    assert cache.drop_clean() == 4 and cache.statistics().cached == 0
+
+
 # ---- formats ---------------------------------------------------------------
 
 def test_format_sizes():
