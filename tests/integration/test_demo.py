@@ -32,8 +32,10 @@ def test_section_1_ends_when_foo_starts_running(demo):
              "Xen → Domain-0", "blkback takes request", "raises IRQ",
              "blkfront completes request", "builds address space 0..0xc0000000",
              "mmu_update", "PIN_L2", "execs /bin/foo", "foo starts running"]
-    at = [next(i for i, x in enumerate(lines) if want in x) for want in order]
-    assert at == sorted(at), list(zip(order, at, strict=True))
+    pos = 0
+    for want in order:  # in this order, each after the one before
+        pos = next((i for i in range(pos, len(lines)) if want in lines[i]), None)
+        assert pos is not None, f"no {want!r} after the steps before it:\n" + "\n".join(lines)
 
 
 def test_section_2_foo_resumes_only_after_its_io_completed(demo):
