@@ -32,7 +32,9 @@ class GuestShell:
                 raise HostError(f"{self.dom}: no {marker!r} on the console; got {seen[-300:]!r}")
             got = self.h.xl("console_read", dom=self.dom, offset=offset,
                             wait_ms=int(min(left, 1.0) * 1000))
-            seen, offset = seen + got["data"].decode(errors="replace"), got["offset"]
+            # the tty's ONLCR "\r\n" read as "\n", as a terminal shows it
+            text = got["data"].decode(errors="replace").replace("\r", "")
+            seen, offset = seen + text, got["offset"]
             if got.get("gone"):
                 raise HostError(f"{self.dom} is gone; its console said {seen[-300:]!r}")
         self.offset = offset

@@ -38,7 +38,8 @@ class Guest:
         self.before_shutdown: Callable[[Callable[[], None]], None] | None = None
 
     def printk(self, msg: str) -> None:
-        self.console.write(f"[{time.monotonic() - self.t0:12.6f}] {msg}\n")
+        # "\r\n" as Linux's hvc console writes it: readable on a raw terminal
+        self.console.write(f"[{time.monotonic() - self.t0:12.6f}] {msg}\r\n")
 
     def watch_shutdown(self) -> None:
         for feature in ("poweroff", "reboot"):

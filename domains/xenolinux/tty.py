@@ -5,7 +5,9 @@ Rules:
    tty: characters are echoed, backspace edits the line, a line is handed to
    readers only when Enter completes it; Ctrl-D at the start of a line is
    end of file; Ctrl-C sends SIGINT's stand-in (SIGTERM) to the foreground.
-2. A reader with nothing to read sleeps on the tty's wait queue; a line
+2. Output gets ONLCR (each "\n" leaves as "\r\n"), so a terminal that
+   `xl console` put in raw mode shows lines as a Linux tty would.
+3. A reader with nothing to read sleeps on the tty's wait queue; a line
    wakes it (that wake-up is where the shell resumes).
 """
 
@@ -41,7 +43,7 @@ class Tty(CharDevice):
 
     def _key(self, ch: bytes, echo: bytearray) -> None:
         if ch in (b"\r", b"\n"):
-            echo += b"\r\n" if ch == b"\r" else b"\n"
+            echo += b"\r\n"
             self.ready.append(bytes(self.line) + b"\n")
             self.line.clear()
         elif ch in BACKSPACES:
@@ -52,7 +54,7 @@ class Tty(CharDevice):
             self.ready.append(b"")
         elif ch == CTRL_C:
             self.line.clear()
-            echo += b"^C\n"
+            echo += b"^C\r\n"
             if self.on_interrupt is not None:
                 self.on_interrupt()
         elif len(self.line) < MAX_LINE:
@@ -70,6 +72,6 @@ class Tty(CharDevice):
         return line
 
     def write(self, data: bytes):
-        self.console.write(data)
+        self.console.write(data.replace(b"\n", b"\r\n"))
         return len(data)
         yield
