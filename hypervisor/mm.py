@@ -59,13 +59,21 @@ its frames: then it lingers as a zombie until the last such entry goes.
 from __future__ import annotations
 
 import bisect
-import enum
 import struct
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeGuard
 
+from hypervisor.mm_ext import MmuExtOps
+from hypervisor.mm_types import (  # noqa: F401 - PageType and PGT_* are part of this API
+    TABLES,
+    PageType,
+    PGT_l1_page_table,
+    PGT_l2_page_table,
+    PGT_none,
+    PGT_writable_page,
+    in_range,
+    is_int,
+)
 from hypervisor.public import mmu as abi
 from hypervisor.public.mmu import (
     _PAGE_ACCESSED,
@@ -83,37 +91,10 @@ from hypervisor.public.mmu import (
 from hypervisor.public.xen import DOMID_FIRST_RESERVED, DOMID_SELF, PAGE_SHIFT, PAGE_SIZE, Errno
 
 FIRST_GUEST_MFN = 0x100  # below: Xen's own frames (the legacy first MiB)
-MAX_LDT_ENTS = 8192
 _PTE = struct.Struct(abi.PTE_FORMAT)
 _TABLE = struct.Struct(f"<{L1_PAGETABLE_ENTRIES}I")
 _AD = _PAGE_ACCESSED | _PAGE_DIRTY
 _NO_MEMORY = memoryview(b"")
-_FLUSH_ALL = (abi.MMUEXT_TLB_FLUSH_LOCAL, abi.MMUEXT_TLB_FLUSH_MULTI, abi.MMUEXT_TLB_FLUSH_ALL)
-_INVLPG = (abi.MMUEXT_INVLPG_LOCAL, abi.MMUEXT_INVLPG_MULTI, abi.MMUEXT_INVLPG_ALL)
-
-
-class PageType(enum.Enum):
-    """The type word of a frame (asm/mm.h PGT_*)."""
-
-    none = "PGT_none"
-    l1_page_table = "PGT_l1_page_table"
-    l2_page_table = "PGT_l2_page_table"
-    writable_page = "PGT_writable_page"
-
-
-PGT_none = PageType.none
-PGT_l1_page_table = PageType.l1_page_table
-PGT_l2_page_table = PageType.l2_page_table
-PGT_writable_page = PageType.writable_page
-_TABLES = (PGT_l1_page_table, PGT_l2_page_table)
-
-
-def _is_int(x: object) -> TypeGuard[int]:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _in_range(x: object, limit: int) -> TypeGuard[int]:
-    return _is_int(x) and 0 <= x < limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +176,9 @@ class MfnRanges:
 
 
 _COUNTED = ("updates", "ext_ops", "tlb_flushes", "invlpgs", "failures")
-_ExtHandler = Callable[[_Dom, _Dom, int, int, int], int]
 
 
-class FrameTable:
+class FrameTable(MmuExtOps):
     """Every machine frame's owner and type, and the PV MMU hypercalls."""
 
     def __init__(self, first_mfn: int = FIRST_GUEST_MFN, end_mfn: int = MAX_MFN) -> None:
@@ -208,14 +188,14 @@ class FrameTable:
         self._by_base: dict[int, _Dom] = {}
         self._frames: dict[int, _Page] = {}  # frames with type_count > 0
         self._n: Counter[str] = Counter()
-        self._ext: dict[int, _ExtHandler] = self._ext_table()
+        self._ext = self._ext_table()
 
     # -- domains ---------------------------------------------------------
 
     def add_domain(self, domid: int, nr_pages: int, mem: memoryview,
                    privileged: bool = False) -> int:
         """Give a domain its machine frames: mfn_base, or -EINVAL/-EEXIST/-ENOMEM."""
-        if not _in_range(domid, DOMID_FIRST_RESERVED) or not _in_range(nr_pages, MAX_MFN + 1):
+        if not in_range(domid, DOMID_FIRST_RESERVED) or not in_range(nr_pages, MAX_MFN + 1):
             return -Errno.EINVAL
         if domid in self._doms:
             return -Errno.EEXIST
@@ -263,7 +243,7 @@ class FrameTable:
         self._doms.pop(d.domid, None)
 
     def mfn_base(self, domid: int) -> int | None:
-        d = self._doms.get(domid) if _is_int(domid) else None
+        d = self._doms.get(domid) if is_int(domid) else None
         return None if d is None else d.base
 
     def domains(self) -> list[int]:
@@ -300,7 +280,7 @@ class FrameTable:
     def _update_owners(self, d: _Dom, foreigndom: object) -> tuple[_Dom, _Dom] | int:
         """foreigndom: bits 15:0 FD (owner of the data frames), 31:16 PFD+1
         (owner of the page tables)."""
-        if not _in_range(foreigndom, 1 << 32):
+        if not in_range(foreigndom, 1 << 32):
             return -Errno.EINVAL
         pt, pfd = d, foreigndom >> 16
         if pfd:
@@ -325,7 +305,7 @@ class FrameTable:
 
     def _one_update(self, d: _Dom, pt: _Dom, pg_owner: _Dom, req: object) -> int:
         if not (isinstance(req, list | tuple) and len(req) == 2
-                and all(_in_range(x, 1 << 64) for x in req)):
+                and all(in_range(x, 1 << 64) for x in req)):
             return -Errno.EINVAL
         ptr, val = req
         cmd = ptr & abi.MMU_CMD_MASK
@@ -401,147 +381,6 @@ class FrameTable:
             return -Errno.EINVAL  # "Could not get page for mach->phys update"
         return 0 if val == mfn - pg_owner.base else -Errno.EINVAL
 
-    # -- HYPERVISOR_mmuext_op ----------------------------------------------
-
-    def mmuext_op(self, domid: int, ops: object, foreigndom: int = DOMID_SELF
-                  ) -> tuple[int, int]:
-        """do_mmuext_op: ``ops`` is [(cmd, arg1, arg2), ...]; returns (rc, done)."""
-        d = self._live(domid)
-        if d is None:
-            return self._fail(-Errno.ESRCH), 0
-        if not isinstance(ops, list | tuple) or not _in_range(foreigndom, 1 << 16):
-            return self._fail(-Errno.EINVAL), 0
-        pg_owner = self._pg_owner(d, foreigndom)
-        if pg_owner is None:
-            return self._fail(-Errno.ESRCH), 0
-        if pg_owner is not d and not d.privileged:
-            return self._fail(-Errno.EPERM), 0  # xsm_mmuext_op(XSM_TARGET)
-        for done, op in enumerate(ops):
-            rc = self._one_ext(d, pg_owner, op)
-            if rc:
-                return self._fail(rc), done
-            self._n["ext_ops"] += 1
-        return 0, len(ops)
-
-    def _one_ext(self, d: _Dom, pg_owner: _Dom, op: object) -> int:
-        if not (isinstance(op, list | tuple) and len(op) == 3
-                and all(_in_range(x, 1 << 64) for x in op)):
-            return -Errno.EINVAL
-        cmd, arg1, arg2 = op
-        handler = self._ext.get(cmd)
-        if handler is None:
-            return -Errno.ENOSYS
-        return handler(d, pg_owner, cmd, arg1, arg2)
-
-    def _ext_table(self) -> dict[int, _ExtHandler]:
-        def const(rc: int) -> _ExtHandler:
-            return lambda *_: rc
-        t: dict[int, _ExtHandler] = {
-            abi.MMUEXT_PIN_L1_TABLE: self._pin,
-            abi.MMUEXT_PIN_L2_TABLE: self._pin,
-            # "Ignore pinning of invalid paging levels": this model has two.
-            abi.MMUEXT_PIN_L3_TABLE: const(0),
-            abi.MMUEXT_PIN_L4_TABLE: const(0),
-            abi.MMUEXT_UNPIN_TABLE: self._unpin,
-            abi.MMUEXT_NEW_BASEPTR: self._new_baseptr,
-            # No separate user page table with two-level paging.
-            abi.MMUEXT_NEW_USER_BASEPTR: const(-Errno.EINVAL),
-            abi.MMUEXT_FLUSH_CACHE: self._flush_cache,
-            abi.MMUEXT_FLUSH_CACHE_GLOBAL: self._flush_cache,
-            abi.MMUEXT_SET_LDT: self._set_ldt,
-            abi.MMUEXT_CLEAR_PAGE: self._clear_page,
-            abi.MMUEXT_COPY_PAGE: self._copy_page,
-            abi.MMUEXT_MARK_SUPER: const(-Errno.EOPNOTSUPP),
-            abi.MMUEXT_UNMARK_SUPER: const(-Errno.EOPNOTSUPP),
-        }
-        for cmd in (*_FLUSH_ALL, *_INVLPG):
-            t[cmd] = self._tlb_flush
-        return t
-
-    def _pin(self, d: _Dom, pg_owner: _Dom, cmd: int, mfn: int, _arg2: int) -> int:
-        kind = PGT_l1_page_table if cmd == abi.MMUEXT_PIN_L1_TABLE else PGT_l2_page_table
-        if self._owner(mfn) is not pg_owner:
-            return -Errno.EINVAL
-        rc = self._get_type(mfn, pg_owner, kind)
-        if rc:
-            return rc
-        page = self._frames[mfn]
-        if page.pinned:
-            self._put_type(mfn)
-            return -Errno.EINVAL  # "already pinned": pinning is not nested
-        page.pinned = True
-        return 0
-
-    def _unpin(self, d: _Dom, pg_owner: _Dom, cmd: int, mfn: int, _arg2: int) -> int:
-        """As in Xen, unpinning the current base pointer is allowed: the base's
-        own type reference keeps the table validated until NEW_BASEPTR moves."""
-        page = self._frames.get(mfn) if self._owner(mfn) is pg_owner else None
-        if page is None or not page.pinned:
-            return -Errno.EINVAL  # "bad, or bad owner" / "not pinned"
-        page.pinned = False
-        self._put_type(mfn)
-        return 0
-
-    def _new_baseptr(self, d: _Dom, pg_owner: _Dom, cmd: int, mfn: int, _arg2: int) -> int:
-        """new_guest_cr3: the new base must validate as an L2 of the caller."""
-        if pg_owner is not d:
-            return -Errno.EPERM
-        if mfn == d.cr3:
-            return 0
-        if self._owner(mfn) is not d:
-            return -Errno.EINVAL
-        rc = self._get_type(mfn, d, PGT_l2_page_table)
-        if rc:
-            return rc
-        old, d.cr3 = d.cr3, mfn
-        if old:
-            self._put_type(old)
-        self._n["tlb_flushes"] += 1  # loading CR3 flushes the TLB
-        return 0
-
-    def _tlb_flush(self, d: _Dom, pg_owner: _Dom, cmd: int, _arg1: int, _arg2: int) -> int:
-        """The guest's walker holds the TLB; Xen checks and counts."""
-        if pg_owner is not d:
-            return -Errno.EPERM
-        self._n["tlb_flushes" if cmd in _FLUSH_ALL else "invlpgs"] += 1
-        return 0
-
-    def _flush_cache(self, d: _Dom, pg_owner: _Dom, cmd: int, _arg1: int, _arg2: int) -> int:
-        """cache_flush_permitted needs I/O memory: only the privileged domain."""
-        if pg_owner is not d:
-            return -Errno.EPERM
-        if d.privileged:
-            return 0
-        return -Errno.EACCES if cmd == abi.MMUEXT_FLUSH_CACHE else -Errno.EINVAL
-
-    def _set_ldt(self, d: _Dom, pg_owner: _Dom, cmd: int, ptr: int, ents: int) -> int:
-        if pg_owner is not d:
-            return -Errno.EPERM
-        ptr = ptr if ents else 0
-        if ptr & (PAGE_SIZE - 1) or ptr >= abi.HYPERVISOR_VIRT_START or ents > MAX_LDT_ENTS:
-            return -Errno.EINVAL
-        d.ldt = (ptr, ents)
-        return 0
-
-    def _clear_page(self, d: _Dom, pg_owner: _Dom, cmd: int, mfn: int, _arg2: int) -> int:
-        if self._owner(mfn) is not pg_owner or self._get_type(mfn, pg_owner, PGT_writable_page):
-            return -Errno.EINVAL
-        off = (mfn - pg_owner.base) * PAGE_SIZE
-        pg_owner.mem[off:off + PAGE_SIZE] = bytes(PAGE_SIZE)
-        self._put_type(mfn)
-        return 0
-
-    def _copy_page(self, d: _Dom, pg_owner: _Dom, cmd: int, dst: int, src: int) -> int:
-        if self._owner(src) is not pg_owner:
-            return -Errno.EINVAL
-        if self._owner(dst) is not pg_owner or self._get_type(dst, pg_owner, PGT_writable_page):
-            return -Errno.EINVAL
-        mem = pg_owner.mem
-        s, t = (src - pg_owner.base) * PAGE_SIZE, (dst - pg_owner.base) * PAGE_SIZE
-        mem[t:t + PAGE_SIZE] = mem[s:s + PAGE_SIZE].tobytes()
-        self._put_type(dst)
-        return 0
-
     # -- types and references ----------------------------------------------
 
     def _get_type(self, mfn: int, owner: _Dom, kind: PageType) -> int:
@@ -569,7 +408,7 @@ class FrameTable:
         page.count -= 1
         if page.count:
             return
-        if page.type in _TABLES and page.validated:
+        if page.type in TABLES and page.validated:
             page.validated = False
             self._release_entries(mfn, page)
         del self._frames[mfn]
@@ -648,7 +487,7 @@ class FrameTable:
 
     def frame_info(self, mfn: int) -> FrameInfo | None:
         """The frame's owner and type; None for a frame no domain owns."""
-        owner = self._owner(mfn, dying_too=True) if _is_int(mfn) else None
+        owner = self._owner(mfn, dying_too=True) if is_int(mfn) else None
         if owner is None:
             return None
         page = self._frames.get(mfn)
@@ -673,7 +512,7 @@ class FrameTable:
         pages = self._frames.values()
         return MmStatistics(
             domains=len(self.domains()), zombies=len(self.zombies()),
-            page_tables=sum(p.type in _TABLES and p.validated for p in pages),
+            page_tables=sum(p.type in TABLES and p.validated for p in pages),
             pinned=sum(p.pinned for p in pages),
             writable_pages=sum(p.type is PGT_writable_page for p in pages),
             **{f: self._n[f] for f in _COUNTED})
@@ -681,7 +520,7 @@ class FrameTable:
     # -- helpers -----------------------------------------------------------
 
     def _live(self, domid: object) -> _Dom | None:
-        d = self._doms.get(domid) if _is_int(domid) else None
+        d = self._doms.get(domid) if is_int(domid) else None
         return None if d is None or d.dying else d
 
     def _owner(self, mfn: int, dying_too: bool = False) -> _Dom | None:
