@@ -15,6 +15,7 @@ Rules:
 """
 
 import os as _os
+import random
 
 from domains.xenolinux.abi import (
     ERRNO,
@@ -126,6 +127,7 @@ def instantiate(load, store) -> dict:
           "fread": fread, "fclose": fclose, "fflush": fsync_file, "load": load,
           "store": store, "strerror": strerror, "syscall": syscall, "FILE": FILE}
     ns.update(_wrappers())
+    ns["Random"] = random.Random  # rand(3) for programs: seeded, so runs replay
     return ns
 
 

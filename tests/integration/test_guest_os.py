@@ -123,6 +123,15 @@ def test_kill_ends_a_running_or_sleeping_process(shared, prog, sig, verdict):
     assert not re.search(rf"^\s*{pid}\s", sh.run("ps"), re.M)
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_system_calls_get_errors_not_a_crash(shared, seed):
+    _, sh = shared
+    out = sh.run(f"fuzzsys 300 {seed}")
+    assert re.search(r"fuzzsys: 300 calls, \d+ errors, \d+ values", out), out
+    assert "BUG" not in out
+    assert sh.run("echo still fine").startswith("still fine")
+
+
 def test_init_cannot_be_killed(shared):
     _, sh = shared
     assert sh.run("kill -9 1 ; kill 1") == ""
