@@ -38,7 +38,30 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_parser(sub)
     _trace_parser(sub)
     _demo_parser(sub)
+    _fault_parser(sub)
     return p
+
+
+def _fault_parser(sub) -> None:
+    f = sub.add_parser("fault", help="fault injection: signal a host's processes, run "
+                       "fault experiments")
+    _host_arg(f)
+    fs = f.add_subparsers(dest="fault_command", required=True, metavar="SUBCOMMAND")
+    c = fs.add_parser("kill", help="signal a domain, a device or the hypervisor")
+    c.add_argument("target", help="domain name or id, device name, or 'hypervisor'")
+    c.add_argument("--signal", default="KILL", type=str.upper,
+                   choices=("KILL", "TERM", "STOP", "CONT"), help="default KILL")
+    _host_arg(c)
+    c = fs.add_parser("run", help="boot a scenario's host, run its workloads and faults, "
+                      "verify and report")
+    c.add_argument("scenario", metavar="SCENARIO.toml")
+    c.add_argument("--seed", type=int, default=1, help="random choices (default 1)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--plot", metavar="FILE.png", help="draw throughput and latency over time")
+    c.add_argument("--short", action="store_true",
+                   help="the scenario's short version ([short], as the tests run it)")
+    c.add_argument("--keep", action="store_true",
+                   help="keep the run directory and the disk images")
 
 
 def _demo_parser(sub) -> None:

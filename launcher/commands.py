@@ -39,6 +39,9 @@ def run(args) -> int:
         return run_bench(args, host)
     if args.command == "trace":
         return cmd_trace(args, host)
+    if args.command == "fault":
+        from launcher.fault import run_fault
+        return run_fault(args, host)
     if args.command == "demo":
         from launcher import demo
         return demo.run(sorted(set(args.section or demo.SECTIONS)), args.output)

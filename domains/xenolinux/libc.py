@@ -16,6 +16,7 @@ Rules:
 
 import os as _os
 import random
+import zlib as _zlib
 
 from domains.xenolinux.abi import (
     ERRNO,
@@ -39,6 +40,11 @@ FOPEN_MODES = {
 
 def strerror(err: int) -> str:
     return f"{_NAMES.get(err, 'E?')} ({_os.strerror(err)})"
+
+
+def crc32(data: bytes) -> int:
+    """CRC-32 (zlib's, as `cksum -a crc32b`) of `data`: user-space arithmetic."""
+    return _zlib.crc32(data) & 0xFFFFFFFF
 
 
 def syscall(name: str, *args):
@@ -125,7 +131,8 @@ def instantiate(load, store) -> dict:
     ns = {"malloc": malloc, "write_bytes": write_bytes, "read_bytes": read_bytes,
           "printf": printf, "eprintf": eprintf, "fopen": fopen, "fwrite": fwrite,
           "fread": fread, "fclose": fclose, "fflush": fsync_file, "load": load,
-          "store": store, "strerror": strerror, "syscall": syscall, "FILE": FILE}
+          "store": store, "strerror": strerror, "syscall": syscall, "FILE": FILE,
+          "crc32": crc32}
     ns.update(_wrappers())
     ns["Random"] = random.Random  # rand(3) for programs: seeded, so runs replay
     return ns
