@@ -9,10 +9,21 @@ Rules:
    `error` field says why); no guest input can raise out of here.
 3. On VIRQ_DOM_EXC we rescan domain states through Xen and fire
    @releaseDomain when any introduced domain shut down, crashed or died.
+4. State survives Domain-0 (persist.py): the image in <rundir>/xenstored/
+   is rewritten after every change a guest made, before the reply leaves,
+   and at the end of the event-loop turn for Domain-0's own changes.
+5. Reconnection (xen-interfaces 7.3): a guest that writes `connection` =
+   XENSTORE_RECONNECT loses its partial packets, watches and transactions;
+   we empty req[] and answer with XENSTORE_CONNECTED. A xenstored restarted
+   with Domain-0 maps each saved guest ring again, binds the guest's store
+   port again, and writes XENSTORE_RESTARTED (a model value) to ask the
+   guest for that reconnection; it reads nothing from the ring until then.
 """
 
+import os
 from dataclasses import dataclass, field
 
+from domains.dom0.xenstored import persist
 from domains.dom0.xenstored.perms import XsError
 from domains.dom0.xenstored.server import ProtocolError, XenstoreServer
 from domains.kernel.bytering import XenstoreControl, xenstore_server
@@ -20,11 +31,17 @@ from domains.kernel.ring import RingError
 from hypervisor.public.grant_table import GNTTAB_RESERVED_XENSTORE
 from hypervisor.public.xen import Hypercall, SysctlCmd, Virq
 from hypervisor.public.xs_wire import (
+    XENSTORE_CONNECTED,
     XENSTORE_ERROR_PROTO,
     XENSTORE_ERROR_RINGIDX,
+    XENSTORE_RECONNECT,
+    XENSTORE_RESTARTED,
+    XENSTORE_SERVER_FEATURE_RECONNECTION,
     MessageParser,
     WireError,
 )
+
+STATE_FILE = "state.msgpack"
 
 
 @dataclass(eq=False)
@@ -36,16 +53,18 @@ class RingConnection:
     parser: MessageParser = field(default_factory=MessageParser)
     out: bytes = b""
     broken: bool = False
+    ctl: XenstoreControl | None = None
 
 
 class Dom0Xs:
     """Domain-0's own xenstore handle: the engine's LocalClient, with str
     values and watch callbacks run from the event loop."""
 
-    def __init__(self, client, kernel) -> None:
-        self.c, self.kernel = client, kernel
+    def __init__(self, client, kernel, on_change=lambda: None) -> None:
+        self.c, self.kernel, self.on_change = client, kernel, on_change
 
     def _after(self) -> None:
+        self.on_change()
         if self.c.pending:
             self.kernel.call_soon_once(self.c.dispatch)
 
@@ -112,22 +131,65 @@ class _Txn:
 
 
 class XenstoredService:
-    def __init__(self, kernel) -> None:
+    def __init__(self, kernel, restart: bool = False) -> None:
         self.kernel = kernel
         self.server = XenstoreServer(hooks=self)
         self.rings: dict[int, RingConnection] = {}
-        self.local = Dom0Xs(self.server.local_client(0, sink=self.send), kernel)
+        self.ring_info: dict[int, tuple[int, int]] = {}  # domid -> (gfn, guest's port)
+        self.dir = os.path.join(kernel.rundir, "xenstored")
+        os.makedirs(self.dir, exist_ok=True)
+        self.saved = (-1, {})  # (generation, ring_info) of the image on disk
+        self.local = Dom0Xs(self.server.local_client(0, sink=self.send), kernel,
+                            on_change=lambda: kernel.call_soon_once(self.save))
         self.seen: dict[int, str] = {}
         port = kernel.evtchn.bind_virq(Virq.DOM_EXC)
         kernel.evtchn.on(port, lambda _p: self.on_dom_exc())
+        if restart and self._restore():
+            return
         for path in ("/local", "/local/domain", "/vm", "/tool"):
             self.local.write(path, "")
         self.local.write("/local/domain/0/name", "Domain-0")
         self.local.write("/local/domain/0/domid", "0")
 
+    # ---- state that survives Domain-0 (rule 4) ----------------------------
+
+    def save(self) -> None:
+        state = (self.server.store.generation, dict(self.ring_info))
+        if state == self.saved:
+            return
+        path = os.path.join(self.dir, STATE_FILE)
+        with open(path + ".tmp", "wb") as f:
+            f.write(persist.encode(self.server.store, self.ring_info))
+        os.replace(path + ".tmp", path)
+        self.saved = state
+
+    def _restore(self) -> bool:
+        try:
+            with open(os.path.join(self.dir, STATE_FILE), "rb") as f:
+                store, rings = persist.decode(f.read())
+        except (OSError, persist.StateError) as exc:
+            print(f"xenstored: no state to restore ({exc}); starting empty", flush=True)
+            return False
+        self.server.restore(store, list(rings))
+        for domid, (gfn, port) in sorted(rings.items()):
+            try:
+                self._attach(domid, gfn, port).ctl.connection = XENSTORE_RESTARTED
+            except XsError as exc:  # the domain died while we were down
+                print(f"xenstored: d{domid} not reconnected: {exc}", flush=True)
+                self.send(self.server.forget_domain(domid))
+        self.save()
+        for conn in self.rings.values():
+            self.kernel.evtchn.notify(conn.port)
+        print(f"xenstored: restored {len(store)} nodes, {len(self.rings)} guest rings",
+              flush=True)
+        return True
+
     # ---- hooks the engine calls on INTRODUCE / RELEASE ------------------
 
     def introduce(self, domid: int, gfn: int, port: int) -> None:
+        self._attach(domid, gfn, port)
+
+    def _attach(self, domid: int, gfn: int, port: int) -> RingConnection:
         k = self.kernel
         try:
             mapping = k.gnttab.map_grant(domid, GNTTAB_RESERVED_XENSTORE)
@@ -138,18 +200,25 @@ class XenstoredService:
         except OSError as exc:
             k.gnttab.unmap_grant(mapping)
             raise XsError("EINVAL", f"cannot bind d{domid}'s port: {exc}") from None
-        conn = RingConnection(domid, local, mapping, xenstore_server(mapping.page))
+        conn = RingConnection(domid, local, mapping, xenstore_server(mapping.page),
+                              ctl=XenstoreControl(mapping.page))
+        conn.ctl.server_features = XENSTORE_SERVER_FEATURE_RECONNECTION
         self.rings[domid] = conn
+        self.ring_info[domid] = (gfn, port)
         self.server.connect(("ring", domid), domid, privileged=False)
         k.evtchn.on(local, lambda _p, c=conn: self.pump(c))
+        return conn
 
     def release(self, domid: int) -> None:
         conn = self.rings.pop(domid, None)
+        self.ring_info.pop(domid, None)
         if conn is None:
             return
         self.server.disconnect(("ring", domid))
         self.kernel.evtchn.close(conn.port)
         conn.streams.release()
+        if conn.ctl is not None:
+            conn.ctl.release()
         self.kernel.gnttab.unmap_grant(conn.mapping)
 
     def introduce_domain(self, domid: int, gfn: int, port: int) -> None:
@@ -164,20 +233,42 @@ class XenstoredService:
     # ---- the rings -----------------------------------------------------
 
     def pump(self, conn: RingConnection) -> None:
-        if conn.broken:
+        if conn.broken or self._reconnecting(conn):
             return
         try:
             data = conn.streams.rx.read()
             if data:
                 self.kernel.evtchn.notify(conn.port)  # room in req[] for the guest
+            out = []
             for msg in conn.parser.feed(data):
-                self.send(self.server.handle(("ring", conn.domid), msg))
+                out += self.server.handle(("ring", conn.domid), msg)
+            if out:
+                self.save()  # rule 4: what we acknowledge survives us
+            self.send(out)
             self.flush(conn)
         except RingError:
             self.cut_off(conn, XENSTORE_ERROR_RINGIDX)
         except (WireError, ProtocolError):
             self.cut_off(conn, XENSTORE_ERROR_PROTO)
         self.local._after()
+
+    def _reconnecting(self, conn: RingConnection) -> bool:
+        """Rule 5; True while the ring must not be read."""
+        state = conn.ctl.connection if conn.ctl is not None else XENSTORE_CONNECTED
+        if state == XENSTORE_RESTARTED:
+            return True  # the guest has not answered yet
+        if state != XENSTORE_RECONNECT:
+            return False
+        try:
+            conn.streams.rx.discard()
+        except RingError:
+            self.cut_off(conn, XENSTORE_ERROR_RINGIDX)
+            return True
+        conn.parser, conn.out = MessageParser(), b""
+        self.server.reset_connection(("ring", conn.domid))
+        conn.ctl.connection = XENSTORE_CONNECTED
+        self.kernel.evtchn.notify(conn.port)
+        return True
 
     def send(self, outgoing) -> None:
         for conn_id, data in outgoing:
