@@ -8,6 +8,7 @@ blkfront reconnects and re-issues its in-flight requests.
 import os
 import pathlib
 import signal
+import subprocess
 import time
 
 import psutil
@@ -15,8 +16,10 @@ import pytest
 
 from hypervisor.core import DOM0_RESTART_BURST
 from hypervisor.main import EXIT_CRASH
+from launcher import rundir
 from launcher.devspec import DeviceSpec
-from launcher.hostspec import DomainSpec, HostSpec
+from launcher.guestshell import GuestShell
+from launcher.hostspec import DomainSpec, HostSpec, parse_host_toml
 from launcher.xlcfg import parse_disk_spec
 from tests.conftest import agent_domain
 from tests.kernels.agent import stream_sector
@@ -124,3 +127,55 @@ def test_dom0_that_keeps_dying_takes_the_host_down(make_host):
     xen_log = (pathlib.Path(h.dir) / "xen.log").read_text()
     assert f"Domain 0 crashed {DOM0_RESTART_BURST + 1} times" in xen_log
     # make_host's teardown asserts that nothing of the host is left
+
+
+FS_HOST = """
+[host]
+name = "fsrestart"
+[[domain]]
+name = "g1"
+memory = 32
+disk = ["format=raw, vdev=xvda, access=rw, target=g1.img"]
+"""
+
+
+def test_dom0_killed_during_dd_oflag_sync_in_a_xenolinux_guest(make_host):
+    """The guest's filesystem sees a stall: dd finishes without an error, the
+    shell still answers, and after a clean shutdown the image passes e2fsck
+    and holds the file."""
+    h = make_host(parse_host_toml(FS_HOST, "test"))
+    sh = GuestShell(h, "g1")
+    (dev,) = [d["name"] for d in h.xl("phys_list")]
+
+    def completed() -> int:
+        return h.xl("phys_info", dev=dev)["statistics"]["completed"]
+
+    base = completed()
+    sh.type("dd if=/dev/zero of=/home/f bs=4096 count=300 oflag=sync\n")
+    wait_for(lambda: completed() > base + 60, what="dd to get going")
+    kill_dom0(h)
+    out = sh.wait_for("bytes copied")
+    assert "300+0 records out" in out and "dd:" not in out, out
+    assert sh.run("echo alive") == "alive"
+    assert h.xl("shutdown", dom="g1", wait_ms=20_000)
+    img = str(pathlib.Path(rundir.run_root()) / "images" / h.name / "g1.img")
+    fsck = subprocess.run(["e2fsck", "-fn", img], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    got = subprocess.run(["debugfs", "-R", "cat /home/f", img], capture_output=True).stdout
+    assert got == bytes(300 * 4096)
+
+
+def test_guest_xenstore_requests_in_flight_survive_a_dom0_kill(make_host, agent):
+    """The guest's xenbus reconnects: requests resent, transactions retried."""
+    h = make_host(None, agent_domain("a1"))
+    a, count = agent(h, "a1"), 1200
+    path = f"/local/domain/{a.domid}/data/loop"
+    n = a.start("xs_loop", count=count)
+    wait_for(lambda: int(h.xl("xs_wait", path=path, timeout_ms=5000)) > 300,
+             what="the loop to get going")
+    kill_dom0(h)
+    res = a.wait(n, timeout_ms=30_000)
+    assert res["ok"], res
+    assert res["result"]["reconnects"] == 1
+    assert h.xl("xs_read", path=path) == str(count - 1)
+    assert h.xl("xs_read", path=f"/local/domain/{a.domid}/data/txn") == str(count // 10)

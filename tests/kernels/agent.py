@@ -489,3 +489,27 @@ def stream_sector(n: int) -> bytes:
 
 
 Agent.op_blk_stream = _op_blk_stream
+
+
+def _op_xs_loop(self, count=1000):
+    """`count` xenstore writes to data/loop, every tenth followed by a
+    transaction that increments data/txn (retried on EAGAIN, as callers of
+    xenbus transactions do). Answers with the number of reconnections seen."""
+    xs = self.g.xs
+    xs.write("data/txn", "0")
+    for i in range(count):
+        xs.write("data/loop", str(i))
+        if i % 10 == 9:
+            while True:
+                try:
+                    tx = xs.transaction_start()
+                    xs.write("data/txn", str(int(xs.read("data/txn", tx)) + 1), tx)
+                    xs.transaction_end(tx)
+                    break
+                except XenbusError as exc:
+                    if exc.name != "EAGAIN":
+                        raise
+    return {"reconnects": xs.reconnects}
+
+
+Agent.op_xs_loop = _op_xs_loop

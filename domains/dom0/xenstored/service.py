@@ -9,9 +9,13 @@ Rules:
    `error` field says why); no guest input can raise out of here.
 3. On VIRQ_DOM_EXC we rescan domain states through Xen and fire
    @releaseDomain when any introduced domain shut down, crashed or died.
-4. State survives Domain-0 (persist.py): the image in <rundir>/xenstored/
-   is rewritten after every change a guest made, before the reply leaves,
-   and at the end of the event-loop turn for Domain-0's own changes.
+4. State survives Domain-0 (persist.py): <rundir>/xenstored/ holds a
+   snapshot and a journal. Changes a guest made are appended to the journal
+   before the reply leaves (one write(2), so a kill leaves a record whole
+   or absent); Domain-0's own changes at the end of the event-loop turn.
+   After COMPACT_AFTER changes, and at every start, a new snapshot replaces
+   the old one and the journal starts empty. No fsync: the state has to
+   survive Domain-0, not the host (a host crash loses the DomUs anyway).
 5. Reconnection (xen-interfaces 7.3): a guest that writes `connection` =
    XENSTORE_RECONNECT loses its partial packets, watches and transactions;
    we empty req[] and answer with XENSTORE_CONNECTED. A xenstored restarted
@@ -41,7 +45,8 @@ from hypervisor.public.xs_wire import (
     WireError,
 )
 
-STATE_FILE = "state.msgpack"
+SNAPSHOT, JOURNAL = "tree.msgpack", "journal.msgpack"
+COMPACT_AFTER = 4096  # journaled changes before a new snapshot
 
 
 @dataclass(eq=False)
@@ -138,35 +143,65 @@ class XenstoredService:
         self.ring_info: dict[int, tuple[int, int]] = {}  # domid -> (gfn, guest's port)
         self.dir = os.path.join(kernel.rundir, "xenstored")
         os.makedirs(self.dir, exist_ok=True)
-        self.saved = (-1, {})  # (generation, ring_info) of the image on disk
+        self.seq = 0  # the last journal record written (persist rule 2)
+        self.journal_fd = -1
+        self.journaled = 0
+        self.saved_rings: dict[int, tuple[int, int]] = {}
         self.local = Dom0Xs(self.server.local_client(0, sink=self.send), kernel,
                             on_change=lambda: kernel.call_soon_once(self.save))
         self.seen: dict[int, str] = {}
         port = kernel.evtchn.bind_virq(Virq.DOM_EXC)
         kernel.evtchn.on(port, lambda _p: self.on_dom_exc())
-        if restart and self._restore():
-            return
-        for path in ("/local", "/local/domain", "/vm", "/tool"):
-            self.local.write(path, "")
-        self.local.write("/local/domain/0/name", "Domain-0")
-        self.local.write("/local/domain/0/domid", "0")
+        if not (restart and self._restore()):
+            for path in ("/local", "/local/domain", "/vm", "/tool"):
+                self.local.write(path, "")
+            self.local.write("/local/domain/0/name", "Domain-0")
+            self.local.write("/local/domain/0/domid", "0")
+        self._compact()
 
     # ---- state that survives Domain-0 (rule 4) ----------------------------
 
     def save(self) -> None:
-        state = (self.server.store.generation, dict(self.ring_info))
-        if state == self.saved:
+        """Append what changed since the last save to the journal."""
+        store = self.server.store
+        changes, store.journal = store.journal or [], []
+        rings = dict(self.ring_info) if self.ring_info != self.saved_rings else None
+        if not changes and rings is None:
             return
-        path = os.path.join(self.dir, STATE_FILE)
+        raw, self.seq = persist.records(self.seq, changes, rings)
+        os.write(self.journal_fd, raw)  # one write: a kill leaves it whole or absent
+        if rings is not None:
+            self.saved_rings = rings
+        self.journaled += len(changes)
+        if self.journaled > COMPACT_AFTER:
+            self._compact()
+
+    def _compact(self) -> None:
+        """A new snapshot, then an empty journal (persist rule 2 makes the
+        order safe: records the snapshot holds are skipped on replay)."""
+        path = os.path.join(self.dir, SNAPSHOT)
         with open(path + ".tmp", "wb") as f:
-            f.write(persist.encode(self.server.store, self.ring_info))
+            f.write(persist.snapshot(self.server.store, self.ring_info, self.seq))
         os.replace(path + ".tmp", path)
-        self.saved = state
+        if self.journal_fd < 0:
+            self.journal_fd = os.open(os.path.join(self.dir, JOURNAL),
+                                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                                      0o600)
+        os.ftruncate(self.journal_fd, 0)
+        self.server.store.journal = []
+        self.saved_rings = dict(self.ring_info)
+        self.journaled = 0
 
     def _restore(self) -> bool:
         try:
-            with open(os.path.join(self.dir, STATE_FILE), "rb") as f:
-                store, rings = persist.decode(f.read())
+            with open(os.path.join(self.dir, SNAPSHOT), "rb") as f:
+                snap = f.read()
+            try:
+                with open(os.path.join(self.dir, JOURNAL), "rb") as f:
+                    journal = f.read()
+            except FileNotFoundError:
+                journal = b""
+            store, rings, self.seq = persist.decode(snap, journal)
         except (OSError, persist.StateError) as exc:
             print(f"xenstored: no state to restore ({exc}); starting empty", flush=True)
             return False
@@ -177,7 +212,6 @@ class XenstoredService:
             except XsError as exc:  # the domain died while we were down
                 print(f"xenstored: d{domid} not reconnected: {exc}", flush=True)
                 self.send(self.server.forget_domain(domid))
-        self.save()
         for conn in self.rings.values():
             self.kernel.evtchn.notify(conn.port)
         print(f"xenstored: restored {len(store)} nodes, {len(self.rings)} guest rings",
