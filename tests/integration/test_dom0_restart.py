@@ -27,7 +27,10 @@ from tests.kernels.agent import stream_sector
 
 def kill_dom0(h) -> int:
     """SIGKILL Domain-0 and wait until it is gone; returns its old pid."""
-    pid = h["Domain-0"]["pid"]
+    return kill_dom0_pid(h, h["Domain-0"]["pid"])
+
+
+def kill_dom0_pid(h, pid: int) -> int:
     proc = psutil.Process(pid)
     os.kill(pid, signal.SIGKILL)
     proc.wait(10)
@@ -179,3 +182,18 @@ def test_guest_xenstore_requests_in_flight_survive_a_dom0_kill(make_host, agent)
     assert res["result"]["reconnects"] == 1
     assert h.xl("xs_read", path=path) == str(count - 1)
     assert h.xl("xs_read", path=f"/local/domain/{a.domid}/data/txn") == str(count // 10)
+
+
+def test_a_guest_that_crashed_while_dom0_was_down_gets_its_on_crash(make_host):
+    """The new toolstack applies what the dead one never saw (SIGSTOP keeps
+    the old Domain-0 from handling VIRQ_DOM_EXC before it dies)."""
+    h = make_host(None, agent_domain("a1", on_crash="restart"), agent_domain("a2"))
+    a1, a2, dom0 = h["a1"], h["a2"], h["Domain-0"]["pid"]
+    os.kill(dom0, signal.SIGSTOP)
+    os.kill(a1["pid"], signal.SIGKILL)
+    psutil.Process(a1["pid"]).wait(10)
+    kill_dom0_pid(h, dom0)
+    h.xl("wait_booted", doms=["a1"], timeout_ms=10_000)
+    assert h["a1"]["domid"] != a1["domid"]
+    assert h["a2"]["pid"] == a2["pid"]
+    assert f"domain {a1['domid']} (a1) crash: restart" in h.xl("dmesg").decode()
