@@ -12,7 +12,8 @@ Rules:
    ZeroMQ holds the writes, so an early "init" is never lost.
 3. Register semantics (hypervisor.public.diskdev): "init" resets the
    controller (held and pending commands are dropped, like a reset) and
-   attaches to the driver's ring; "kick" runs the queue pair; "fault" and
+   attaches to the driver's ring (a restarted Domain-0 sends it again, from
+   new memory); "kick" runs the queue pair; "fault" and
    "latency" flip the experiment switches. "fault" mode "die" with rate 0
    exits at once; with a rate, a command draws death (devices.diskcore).
 4. One thread: zmq_poll until a message or the next completion deadline
@@ -164,7 +165,13 @@ class DiskDevice:
 
     def _recv_ctl(self, flags: int) -> bool:
         """One control message; False at end of file."""
-        msg, fds, _, _ = socket.recv_fds(self.ctl, 256, 1, flags)
+        # socket.recv_fds drops its flags before Python 3.12: a "non-blocking"
+        # drain would block, so call recvmsg ourselves.
+        msg, anc, _, _ = self.ctl.recvmsg(256, socket.CMSG_LEN(4), flags)
+        fds = [int.from_bytes(data[i:i + 4], sys.byteorder)
+               for level, kind, data in anc
+               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+               for i in range(0, len(data) - len(data) % 4, 4)]
         if not msg and not fds:
             return False
         try:
@@ -208,6 +215,9 @@ class DiskDevice:
             getattr(self, "_mmio_" + msg["op"])(msg)
 
     def _mmio_init(self, msg: dict) -> None:
+        # A restarted Domain-0 inits us with rings in its new memory, which Xen
+        # sent before that Domain-0 ran: take it before translating anything.
+        self._drain_ctl()
         self._reset()
         try:
             info = self.iommu.frame(msg["info_bfn"], write=True)

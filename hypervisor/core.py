@@ -10,6 +10,11 @@ Rules:
    to a blocked domain the upcall *is* the reply to its SCHEDOP_block.
 4. Nothing a guest sends may raise out of the dispatcher: every handler
    validates; a bug is logged to the Xen console and answered -EINVAL.
+5. Domain-0 that dies is torn down like any domain (its ports close, so the
+   DomUs' ends go unbound; its grant mappings and IOMMU entries go), and a
+   new Domain-0 is built with domid 0, the same kernel and SIF_DOM0_RESTART:
+   every DomU keeps running. A Domain-0 that dies more than
+   DOM0_RESTART_BURST times within DOM0_RESTART_WINDOW_S takes the host down.
 """
 
 import heapq
@@ -41,10 +46,18 @@ from hypervisor.public.platform import (
     PlatformOp,
     mmio_endpoint,
 )
-from hypervisor.public.start_info import SIF_INITDOMAIN, SIF_PRIVILEGED, START_INFO_PFN, StartInfo
+from hypervisor.public.start_info import (
+    SIF_DOM0_RESTART,
+    SIF_INITDOMAIN,
+    SIF_PRIVILEGED,
+    START_INFO_PFN,
+    StartInfo,
+)
 from hypervisor.public.xen import PAGE_SIZE, Errno, Hypercall, ShutdownReason, Virq
 from hypervisor.xenconsole import ConsoleRing
 
+DOM0_RESTART_BURST = 2  # restarts allowed ...
+DOM0_RESTART_WINDOW_S = 30.0  # ... within this window; the next death crashes the host
 _SNDMORE = int(zmq.SNDMORE)
 _EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
 
@@ -55,7 +68,7 @@ def _is_call(c) -> bool:
 
 
 class HostCrash(Exception):
-    """Domain 0 died: like Xen, the host goes down with it."""
+    """Domain 0 died once too often (rule 5): the host goes down."""
 
 
 class NoMachineFrames(BadArg):
@@ -91,6 +104,8 @@ class Hypervisor:
         self.devices: dict[bytes, Device] = {}
         self.iommu = Iommu()
         self.running = True
+        self.dom0_args: tuple[int, int, str] | None = None  # build_dom0's, for a restart
+        self.dom0_deaths: list[float] = []  # monotonic times of recent Domain-0 deaths
 
     # ---- domains -------------------------------------------------------
 
@@ -99,12 +114,14 @@ class Hypervisor:
         return self.total_pages - used
 
     def create_domain(self, name: str, memory_kib: int, vcpus: int, privileged: bool,
-                      kernel: str, max_grant_frames: int = DEFAULT_MAX_GRANT_FRAMES) -> Domain:
+                      kernel: str, max_grant_frames: int = DEFAULT_MAX_GRANT_FRAMES,
+                      domid: int | None = None) -> Domain:
         nr_pages = memory_kib * 1024 // PAGE_SIZE
         if nr_pages > self.free_pages():
             raise BadArg("out of memory")  # mapped to -ENOMEM by the caller
-        domid = self.next_domid
-        self.next_domid += 1
+        if domid is None:
+            domid = self.next_domid
+            self.next_domid += 1
         mem = MemoryObject(f"xenolab-d{domid}-mem", nr_pages * PAGE_SIZE)
         if self.mm.add_domain(domid, nr_pages, mem.view, privileged) < 0:
             mem.close()
@@ -138,14 +155,42 @@ class Hypervisor:
         self.pidfds[dom.pidfd] = dom
         self._pidfds_changed = True
 
-    def build_dom0(self, memory_mib: int, vcpus: int, kernel: str) -> Domain:
+    def build_dom0(self, memory_mib: int, vcpus: int, kernel: str,
+                   restart: bool = False) -> Domain:
         """Xen builds Domain-0 itself (no toolstack yet) and starts it."""
-        dom = self.create_domain("Domain-0", memory_mib * 1024, vcpus, True, kernel)
-        info = StartInfo(dom.nr_pages, SIF_PRIVILEGED | SIF_INITDOMAIN, 0, 0, 0, 0)
-        raw = info.pack()
+        self.dom0_args = (memory_mib, vcpus, kernel)
+        dom = self.create_domain("Domain-0", memory_mib * 1024, vcpus, True, kernel, domid=0)
+        self.next_domid = max(self.next_domid, 1)
+        flags = SIF_PRIVILEGED | SIF_INITDOMAIN | (SIF_DOM0_RESTART if restart else 0)
+        raw = StartInfo(dom.nr_pages, flags, 0, 0, 0, 0).pack()
         dom.mem.view[START_INFO_PFN * PAGE_SIZE:START_INFO_PFN * PAGE_SIZE + len(raw)] = raw
+        for dev in self.devices.values():
+            if dev.up:  # before Dom0 runs: its MMIO "init" must find the new memory
+                dev.doms_given.discard(0)
+                self.iommu.give_memory(dev, 0, dom.mem)
         self.unpause(dom)
         return dom
+
+    def restart_dom0(self, old: Domain) -> None:
+        """Rule 5: tear the dead Domain-0 down and build a new one."""
+        now = time.monotonic()
+        self.dom0_deaths = [t for t in self.dom0_deaths if now - t < DOM0_RESTART_WINDOW_S]
+        self.dom0_deaths.append(now)
+        if len(self.dom0_deaths) > DOM0_RESTART_BURST or self.dom0_args is None:
+            raise HostCrash(f"Domain 0 crashed {len(self.dom0_deaths)} times in "
+                            f"{DOM0_RESTART_WINDOW_S:.0f} s")
+        old.shutdown_reason = None
+        old.transition("crash")
+        self._kill(old)
+        old.transition("destroy")
+        self._reap_if_unmapped(old)
+        if 0 in self.domains:
+            raise HostCrash("Domain 0 crashed and its memory is still mapped")
+        self.console.write("Domain-0 restarting; the other domains keep running")
+        try:
+            self.build_dom0(*self.dom0_args, restart=True)
+        except (BadArg, OSError) as exc:
+            raise HostCrash(f"Domain 0 could not be rebuilt: {exc}") from None
 
     def pause(self, dom: Domain) -> None:
         if dom.state is DomState.created:
@@ -236,7 +281,8 @@ class Hypervisor:
         status = proc.poll() if proc is not None else None
         self.console.write(f"Domain {dom.domid} ({dom.name}) crashed (exit status {status})")
         if dom.domid == 0:
-            raise HostCrash("Domain 0 crashed")
+            self.restart_dom0(dom)
+            return
         if dom.state is not DomState.shutdown:
             dom.shutdown_reason = None
             dom.transition("crash")

@@ -4,6 +4,13 @@ Boot order: Xen's start_info -> grant table and timer -> the physical
 devices (drivers.probe) -> xenstored (binds
 VIRQ_DOM_EXC) -> xenconsoled -> toolstack and its control socket -> the
 domains listed in <rundir>/auto (like xendomains) -> idle.
+
+A restarted Domain-0 (start_info flag SIF_DOM0_RESTART: the one before it
+died and Xen kept the DomUs) boots the same way, but each service takes up
+what the run directory says was running: xenstored its tree and the guests'
+rings, xenconsoled the guests' consoles, the toolstack its domain records
+(<rundir>/libxl), blkback every vbd (a new handshake, so each blkfront
+re-issues what was in flight). Nothing is autostarted again.
 """
 
 import glob
@@ -20,6 +27,7 @@ from domains.dom0.toolstack.control import ControlServer
 from domains.dom0.toolstack.toolstack import Toolstack, ToolstackError
 from domains.dom0.xenconsoled import Xenconsoled
 from domains.dom0.xenstored.service import XenstoredService
+from hypervisor.public.start_info import SIF_DOM0_RESTART
 from hypervisor.public.xen import ShutdownReason
 
 HALT_GRACE_S = 3.0
@@ -28,12 +36,15 @@ HALT_GRACE_S = 3.0
 class Dom0:
     def __init__(self, kernel) -> None:
         self.kernel = kernel
-        kernel.early_boot()
+        si = kernel.early_boot()
+        self.restarted = bool(si.flags & SIF_DOM0_RESTART)
         self.disks = probe(kernel)  # the physical devices Xen assigned to us
-        self.xenstored = XenstoredService(kernel)
+        self.xenstored = XenstoredService(kernel, restart=self.restarted)
         self.xs = self.xenstored.local
         self.consoled = Xenconsoled(kernel, kernel.rundir)
         self.toolstack = Toolstack(self)
+        if self.restarted:
+            self.toolstack.take_over()
         self.blkback = BlkbackService(self)
         self.control = ControlServer(self, {**ops.build_ops(self), **build_phys_ops(self)})
         self.consoled.on_output.append(lambda _d: self.control.recheck())
@@ -54,6 +65,8 @@ class Dom0:
             pass
 
     def autostart(self) -> None:
+        if self.restarted:
+            return  # the domains it started are still running
         for path in sorted(glob.glob(os.path.join(self.kernel.rundir, "auto", "*.json"))):
             with open(path) as f:
                 spec = json.load(f)
@@ -98,7 +111,9 @@ class Dom0:
 
 def main(kernel) -> None:
     dom0 = Dom0(kernel)
-    dom0.log(f"Domain-0 up: xenstored, xenconsoled and the toolstack ready (pid {os.getpid()})")
+    again = "restarted" if dom0.restarted else "up"
+    dom0.log(f"Domain-0 {again}: xenstored, xenconsoled and the toolstack ready "
+             f"(pid {os.getpid()})")
     dom0.autostart()
     kernel.run()
     sys.stdout.flush()

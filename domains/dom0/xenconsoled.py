@@ -49,14 +49,26 @@ class Xenconsoled:
         self.consoles: dict[int, GuestConsole] = {}
         self.on_output: list[Callable[[int], None]] = []
 
-    def attach(self, domid: int, name: str, remote_port: int) -> None:
+    def attach(self, domid: int, name: str, remote_port: int, resume: bool = False) -> None:
+        """Serve a guest's console. ``resume``: a restarted Domain-0 takes up
+        a running guest's console, and `xl console` keeps the log's tail."""
         k = self.kernel
         mapping = k.gnttab.map_grant(domid, GNTTAB_RESERVED_CONSOLE)
-        port = k.evtchn.bind_interdomain(domid, remote_port)
+        try:
+            port = k.evtchn.bind_interdomain(domid, remote_port)
+        except OSError:
+            k.gnttab.unmap_grant(mapping)
+            raise
         pair = console_backend(mapping.page)
         out, inp = pair.rx, pair.tx  # we read the guest's out[], write its in[]
-        log = open(os.path.join(self.dir, f"{name}.log"), "ab", buffering=0)  # noqa: SIM115
+        path = os.path.join(self.dir, f"{name}.log")
+        log = open(path, "ab", buffering=0)  # noqa: SIM115
         con = GuestConsole(domid, name, port, mapping, out, inp, log)
+        if resume:
+            with open(path, "rb") as f:
+                con.total = f.seek(0, os.SEEK_END)
+                f.seek(max(0, con.total - KEEP))
+                con.buf += f.read()
         self.consoles[domid] = con
         k.evtchn.on(port, lambda _p, c=con: self._pump(c))
         self._pump(con)

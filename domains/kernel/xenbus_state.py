@@ -27,6 +27,10 @@ Rules (xen-interfaces.md sections 2.5, 2.6, 7.5, 7.6; Linux blkfront's
    stale (it re-initialises per rule 5).
 7. No row means "nothing to do" (Linux's ``break``). Rows never overlap; a
    unit test checks that.
+8. A backend that probes a device whose state is already past Initialising
+   is a new instance (Domain-0 or its driver restarted; the old instance's
+   ring mapping died with it): it publishes its features again and switches
+   to InitWait, and the frontend reconnects by rule 5.
 """
 
 from __future__ import annotations
@@ -132,7 +136,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     _row(F, ALL - {S.Closed, S.Initialising}, {S.Closed},    D.FREE_RING, sw(S.Closed)),
     _row(F, _ACTIVE,                       ALL,              D.REPORT_ERROR, sw(S.Closing),
          event=Event.FATAL),
-    _row(B, {S.Unknown, S.Initialising},   ALL,              D.PUBLISH_FEATURES, sw(S.InitWait),
+    # Probe: a new device (Unknown/Initialising) or a new backend instance (rule 8).
+    _row(B, _ACTIVE,                       ALL,              D.PUBLISH_FEATURES, sw(S.InitWait),
          event=Event.PROBE),
     _row(B, {S.InitWait},                  {S.Initialised},  D.MAP_RING, D.PUBLISH_DISK,
                                                              sw(S.Connected)),

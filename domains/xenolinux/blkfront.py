@@ -16,6 +16,7 @@ Rules:
 from collections.abc import Callable
 
 from domains.kernel.ringio import FrontendRing
+from domains.kernel.xenbus import XenbusError
 from domains.kernel.xenbus_state import Duty, Role, Switch, next_actions
 from domains.xenolinux.blkfront_core import BlkfrontCore
 from domains.xenolinux.blkfront_io import BackendFeatures, BlockIo, Completion
@@ -104,14 +105,21 @@ class Blkfront:
         self.ring = FrontendRing(self.k, self.backend_id, BLKIF_ENTRY_SIZE, RING_PAGE_ORDER,
                                  start=self.ring_start)
         self.k.evtchn.on(self.ring.port, lambda _p: self._on_event())
-        tx = self.xs.transaction_start()
         refs = {"ring-ref": self.ring.grefs[0]} if RING_PAGE_ORDER == 0 else {
             f"ring-ref{i}": g for i, g in enumerate(self.ring.grefs)}
-        for key, value in (*refs.items(), ("ring-page-order", RING_PAGE_ORDER),
-                           ("event-channel", self.ring.port), ("protocol", "x86_64-abi"),
-                           ("feature-persistent", 1)):
-            self.xs.write(f"{self.path}/{key}", str(value), tx)
-        self.xs.transaction_end(tx)
+        keys = (*refs.items(), ("ring-page-order", RING_PAGE_ORDER),
+                ("event-channel", self.ring.port), ("protocol", "x86_64-abi"),
+                ("feature-persistent", 1))
+        while True:  # talk_to_blkback: again while the commit says EAGAIN
+            try:
+                tx = self.xs.transaction_start()
+                for key, value in keys:
+                    self.xs.write(f"{self.path}/{key}", str(value), tx)
+                self.xs.transaction_end(tx)
+                return
+            except XenbusError as exc:
+                if exc.name != "EAGAIN":
+                    raise
 
     def _free_ring(self) -> None:
         self.core.suspend()

@@ -16,6 +16,10 @@ FIRST_FREE_PFN = 3
 MAX_GUEST_CMDLINE = 1024
 SIF_PRIVILEGED = 1 << 0
 SIF_INITDOMAIN = 1 << 1
+# Model flag (not in Xen, whose Domain-0 cannot be restarted): this Domain-0
+# was built after an earlier one died; the DomUs are still running and the
+# state the toolstack keeps in the run directory describes them.
+SIF_DOM0_RESTART = 1 << 16
 
 # magic, nr_pages, shared_info, flags, store_mfn, store_evtchn,
 # console.domU.mfn, console.domU.evtchn, pt_base, nr_pt_frames, mfn_list,

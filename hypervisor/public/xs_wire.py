@@ -60,6 +60,10 @@ XENSTORE_SERVER_FEATURE_RECONNECTION = 1
 XENSTORE_SERVER_FEATURE_ERROR = 2
 XENSTORE_CONNECTED = 0
 XENSTORE_RECONNECT = 1
+# Model value of `connection` (not in Xen): written by a xenstored that was
+# restarted with Domain-0 to ask the guest for a reconnection (the guest then
+# writes XENSTORE_RECONNECT, as for one it asks for itself).
+XENSTORE_RESTARTED = 2
 XENSTORE_ERROR_NONE = 0
 XENSTORE_ERROR_COMM = 1
 XENSTORE_ERROR_RINGIDX = 2

@@ -448,3 +448,68 @@ Agent.op_vm_load = _op_vm_load
 Agent.op_vm_store = _op_vm_store
 Agent.op_frame_peek = _op_frame_peek
 Agent.op_mmu_raw = _op_mmu_raw
+
+
+def _op_blk_stream(self, devid=51712, sector=0, count=1000, depth=8):
+    """`count` one-sector writes, `depth` in flight, each sector's data named
+    by its number (stream_sector). Answers when all are done with their
+    statuses and the longest gap between two completions (CLOCK_MONOTONIC),
+    which is where a stall shows."""
+    import time
+    disk, cmd_id = self.g.disks[devid], self.last
+    st = {"next": 0, "done": 0, "errors": 0, "last": time.monotonic_ns(), "gap": (0, 0)}
+
+    def issue():
+        i = st["next"]
+        st["next"] += 1
+        disk.write(sector + i, stream_sector(sector + i), done)
+
+    def done(status, _data):
+        now = time.monotonic_ns()
+        if now - st["last"] > st["gap"][1] - st["gap"][0]:
+            st["gap"] = (st["last"], now)
+        st["last"] = now
+        st["done"] += 1
+        st["errors"] += status != 0
+        if st["next"] < count:
+            issue()
+        elif st["done"] == count:
+            stats = disk.core.statistics()
+            self.g.xs.write("data/res", json.dumps({"id": cmd_id, "ok": True, "result": {
+                "done": st["done"], "errors": st["errors"], "gap": list(st["gap"]),
+                "reissued": stats.reissued}}))
+    for _ in range(min(depth, count)):
+        issue()
+    return _LATER
+
+
+def stream_sector(n: int) -> bytes:
+    """What blk_stream writes to sector n."""
+    return (f"sector {n:08d} " * 32).encode()[:512]
+
+
+Agent.op_blk_stream = _op_blk_stream
+
+
+def _op_xs_loop(self, count=1000):
+    """`count` xenstore writes to data/loop, every tenth followed by a
+    transaction that increments data/txn (retried on EAGAIN, as callers of
+    xenbus transactions do). Answers with the number of reconnections seen."""
+    xs = self.g.xs
+    xs.write("data/txn", "0")
+    for i in range(count):
+        xs.write("data/loop", str(i))
+        if i % 10 == 9:
+            while True:
+                try:
+                    tx = xs.transaction_start()
+                    xs.write("data/txn", str(int(xs.read("data/txn", tx)) + 1), tx)
+                    xs.transaction_end(tx)
+                    break
+                except XenbusError as exc:
+                    if exc.name != "EAGAIN":
+                        raise
+    return {"reconnects": xs.reconnects}
+
+
+Agent.op_xs_loop = _op_xs_loop

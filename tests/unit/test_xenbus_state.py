@@ -218,3 +218,14 @@ def test_fatal_error_closes_both_ends(role):
 
 def test_frontend_vanishing_removes_the_backend():
     assert next_actions(B, S.Connected, S.Unknown) == [Duty.DISCONNECT, Duty.REMOVE]
+
+
+@pytest.mark.parametrize("backend", [S.InitWait, S.Initialised, S.Connected])
+def test_a_new_backend_instance_probing_a_live_device_starts_over(backend):
+    """Rule 8: Domain-0 restarted; its blkback finds the device past Initialising."""
+    assert next_actions(B, backend, S.Connected, Event.PROBE) == [
+        Duty.PUBLISH_FEATURES, Switch(S.InitWait)]
+    assert next_actions(F, S.Connected, S.InitWait) == [
+        Duty.FREE_RING, Duty.SETUP_RING, Switch(S.Initialised)]
+    assert next_actions(B, S.InitWait, S.Initialised) == [
+        Duty.MAP_RING, Duty.PUBLISH_DISK, Switch(S.Connected)]

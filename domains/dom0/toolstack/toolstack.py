@@ -6,9 +6,13 @@ Rules:
 2. on_poweroff / on_reboot / on_crash are applied exactly once per event:
    destroy, restart (a new domid, as in Xen) or preserve.
 3. Each domain's config is kept under <rundir>/libxl/ so a later Dom0 can
-   find what it was running.
+   find what it was running: a restarted Domain-0 takes those records up
+   (`take_over`), re-attaches the consoles and applies the actions of
+   domains that stopped meanwhile; a domain without a record (a create the
+   dead Domain-0 never finished) is destroyed.
 """
 
+import glob
 import json
 import os
 import re
@@ -115,6 +119,33 @@ class Toolstack:
         rc, _ = self.k.xen.call(Hypercall.domctl, cmd, {"domid": domid})
         if rc < 0:
             raise ToolstackError(f"{DomctlCmd(cmd).name} of domain {domid} failed ({rc})")
+
+    def take_over(self) -> None:
+        """Rule 3: the toolstack of a restarted Domain-0."""
+        infos = {i["domid"]: i for i in self.infos()}
+        for path in sorted(glob.glob(os.path.join(self.dir, "*.json"))):
+            try:
+                with open(path) as f:
+                    rec = json.load(f)
+                domid, spec = int(rec["domid"]), validate_spec(rec["spec"])
+            except (OSError, ValueError, KeyError, TypeError, ToolstackError) as exc:
+                self.k.console_io(f"toolstack: bad record {os.path.basename(path)}: {exc}")
+                continue
+            if domid not in infos or infos[domid]["state"] == "dying":
+                self._forget(domid)
+                continue
+            self.specs[domid] = spec
+            port = self.dom0.xs.try_read(f"/local/domain/{domid}/console/port")
+            try:
+                self.dom0.consoled.attach(domid, spec["name"], int(port or 0), resume=True)
+            except (OSError, ValueError) as exc:
+                self.k.console_io(f"toolstack: console of domain {domid}: {exc}")
+        for domid, info in infos.items():
+            if domid != 0 and domid not in self.specs and info["state"] != "dying":
+                self.k.console_io(f"toolstack: domain {domid} has no record: destroyed")
+                builder.destroy(self.dom0, domid)
+        self.k.console_io(f"toolstack: took over {len(self.specs)} domains")
+        self.reconcile()
 
     # ---- reacting to Xen -----------------------------------------------
 

@@ -133,6 +133,27 @@ class XenstoreServer:
         self._local[conn_id] = client
         return client
 
+    def restore(self, store: Store, introduced: list[int]) -> None:
+        """A restarted xenstored takes the saved tree and the domains it had
+        introduced (persist.py); call it before any guest connects."""
+        self.store = store
+        self._introduced = {0, *introduced}
+
+    def forget_domain(self, domid: int) -> list[Outgoing]:
+        """A domain that died while xenstored was down: RELEASE without the hook."""
+        if domid == 0 or domid not in self._introduced:
+            return []
+        self._introduced.discard(domid)
+        self._drop_domain_connections(domid)
+        return self._fire(tree.release_domain(self.store, domid))
+
+    def reset_connection(self, conn_id: Hashable) -> None:
+        """Xenstore reconnection: the connection's watches and transactions go."""
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self.watches.drop(conn_id)
+            self._abort_all(conn)
+
     def is_introduced(self, domid: int) -> bool:
         return domid in self._introduced
 

@@ -9,10 +9,25 @@ Rules:
    `error` field says why); no guest input can raise out of here.
 3. On VIRQ_DOM_EXC we rescan domain states through Xen and fire
    @releaseDomain when any introduced domain shut down, crashed or died.
+4. State survives Domain-0 (persist.py): <rundir>/xenstored/ holds a
+   snapshot and a journal. Changes a guest made are appended to the journal
+   before the reply leaves (one write(2), so a kill leaves a record whole
+   or absent); Domain-0's own changes at the end of the event-loop turn.
+   After COMPACT_AFTER changes, and at every start, a new snapshot replaces
+   the old one and the journal starts empty. No fsync: the state has to
+   survive Domain-0, not the host (a host crash loses the DomUs anyway).
+5. Reconnection (xen-interfaces 7.3): a guest that writes `connection` =
+   XENSTORE_RECONNECT loses its partial packets, watches and transactions;
+   we empty req[] and answer with XENSTORE_CONNECTED. A xenstored restarted
+   with Domain-0 maps each saved guest ring again, binds the guest's store
+   port again, and writes XENSTORE_RESTARTED (a model value) to ask the
+   guest for that reconnection; it reads nothing from the ring until then.
 """
 
+import os
 from dataclasses import dataclass, field
 
+from domains.dom0.xenstored import persist
 from domains.dom0.xenstored.perms import XsError
 from domains.dom0.xenstored.server import ProtocolError, XenstoreServer
 from domains.kernel.bytering import XenstoreControl, xenstore_server
@@ -20,11 +35,18 @@ from domains.kernel.ring import RingError
 from hypervisor.public.grant_table import GNTTAB_RESERVED_XENSTORE
 from hypervisor.public.xen import Hypercall, SysctlCmd, Virq
 from hypervisor.public.xs_wire import (
+    XENSTORE_CONNECTED,
     XENSTORE_ERROR_PROTO,
     XENSTORE_ERROR_RINGIDX,
+    XENSTORE_RECONNECT,
+    XENSTORE_RESTARTED,
+    XENSTORE_SERVER_FEATURE_RECONNECTION,
     MessageParser,
     WireError,
 )
+
+SNAPSHOT, JOURNAL = "tree.msgpack", "journal.msgpack"
+COMPACT_AFTER = 4096  # journaled changes before a new snapshot
 
 
 @dataclass(eq=False)
@@ -36,16 +58,18 @@ class RingConnection:
     parser: MessageParser = field(default_factory=MessageParser)
     out: bytes = b""
     broken: bool = False
+    ctl: XenstoreControl | None = None
 
 
 class Dom0Xs:
     """Domain-0's own xenstore handle: the engine's LocalClient, with str
     values and watch callbacks run from the event loop."""
 
-    def __init__(self, client, kernel) -> None:
-        self.c, self.kernel = client, kernel
+    def __init__(self, client, kernel, on_change=lambda: None) -> None:
+        self.c, self.kernel, self.on_change = client, kernel, on_change
 
     def _after(self) -> None:
+        self.on_change()
         if self.c.pending:
             self.kernel.call_soon_once(self.c.dispatch)
 
@@ -112,22 +136,94 @@ class _Txn:
 
 
 class XenstoredService:
-    def __init__(self, kernel) -> None:
+    def __init__(self, kernel, restart: bool = False) -> None:
         self.kernel = kernel
         self.server = XenstoreServer(hooks=self)
         self.rings: dict[int, RingConnection] = {}
-        self.local = Dom0Xs(self.server.local_client(0, sink=self.send), kernel)
+        self.ring_info: dict[int, tuple[int, int]] = {}  # domid -> (gfn, guest's port)
+        self.dir = os.path.join(kernel.rundir, "xenstored")
+        os.makedirs(self.dir, exist_ok=True)
+        self.seq = 0  # the last journal record written (persist rule 2)
+        self.journal_fd = -1
+        self.journaled = 0
+        self.saved_rings: dict[int, tuple[int, int]] = {}
+        self.local = Dom0Xs(self.server.local_client(0, sink=self.send), kernel,
+                            on_change=lambda: kernel.call_soon_once(self.save))
         self.seen: dict[int, str] = {}
         port = kernel.evtchn.bind_virq(Virq.DOM_EXC)
         kernel.evtchn.on(port, lambda _p: self.on_dom_exc())
-        for path in ("/local", "/local/domain", "/vm", "/tool"):
-            self.local.write(path, "")
-        self.local.write("/local/domain/0/name", "Domain-0")
-        self.local.write("/local/domain/0/domid", "0")
+        if not (restart and self._restore()):
+            for path in ("/local", "/local/domain", "/vm", "/tool"):
+                self.local.write(path, "")
+            self.local.write("/local/domain/0/name", "Domain-0")
+            self.local.write("/local/domain/0/domid", "0")
+        self._compact()
+
+    # ---- state that survives Domain-0 (rule 4) ----------------------------
+
+    def save(self) -> None:
+        """Append what changed since the last save to the journal."""
+        store = self.server.store
+        changes, store.journal = store.journal or [], []
+        rings = dict(self.ring_info) if self.ring_info != self.saved_rings else None
+        if not changes and rings is None:
+            return
+        raw, self.seq = persist.records(self.seq, changes, rings)
+        os.write(self.journal_fd, raw)  # one write: a kill leaves it whole or absent
+        if rings is not None:
+            self.saved_rings = rings
+        self.journaled += len(changes)
+        if self.journaled > COMPACT_AFTER:
+            self._compact()
+
+    def _compact(self) -> None:
+        """A new snapshot, then an empty journal (persist rule 2 makes the
+        order safe: records the snapshot holds are skipped on replay)."""
+        path = os.path.join(self.dir, SNAPSHOT)
+        with open(path + ".tmp", "wb") as f:
+            f.write(persist.snapshot(self.server.store, self.ring_info, self.seq))
+        os.replace(path + ".tmp", path)
+        if self.journal_fd < 0:
+            self.journal_fd = os.open(os.path.join(self.dir, JOURNAL),
+                                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                                      0o600)
+        os.ftruncate(self.journal_fd, 0)
+        self.server.store.journal = []
+        self.saved_rings = dict(self.ring_info)
+        self.journaled = 0
+
+    def _restore(self) -> bool:
+        try:
+            with open(os.path.join(self.dir, SNAPSHOT), "rb") as f:
+                snap = f.read()
+            try:
+                with open(os.path.join(self.dir, JOURNAL), "rb") as f:
+                    journal = f.read()
+            except FileNotFoundError:
+                journal = b""
+            store, rings, self.seq = persist.decode(snap, journal)
+        except (OSError, persist.StateError) as exc:
+            print(f"xenstored: no state to restore ({exc}); starting empty", flush=True)
+            return False
+        self.server.restore(store, list(rings))
+        for domid, (gfn, port) in sorted(rings.items()):
+            try:
+                self._attach(domid, gfn, port).ctl.connection = XENSTORE_RESTARTED
+            except XsError as exc:  # the domain died while we were down
+                print(f"xenstored: d{domid} not reconnected: {exc}", flush=True)
+                self.send(self.server.forget_domain(domid))
+        for conn in self.rings.values():
+            self.kernel.evtchn.notify(conn.port)
+        print(f"xenstored: restored {len(store)} nodes, {len(self.rings)} guest rings",
+              flush=True)
+        return True
 
     # ---- hooks the engine calls on INTRODUCE / RELEASE ------------------
 
     def introduce(self, domid: int, gfn: int, port: int) -> None:
+        self._attach(domid, gfn, port)
+
+    def _attach(self, domid: int, gfn: int, port: int) -> RingConnection:
         k = self.kernel
         try:
             mapping = k.gnttab.map_grant(domid, GNTTAB_RESERVED_XENSTORE)
@@ -138,18 +234,25 @@ class XenstoredService:
         except OSError as exc:
             k.gnttab.unmap_grant(mapping)
             raise XsError("EINVAL", f"cannot bind d{domid}'s port: {exc}") from None
-        conn = RingConnection(domid, local, mapping, xenstore_server(mapping.page))
+        conn = RingConnection(domid, local, mapping, xenstore_server(mapping.page),
+                              ctl=XenstoreControl(mapping.page))
+        conn.ctl.server_features = XENSTORE_SERVER_FEATURE_RECONNECTION
         self.rings[domid] = conn
+        self.ring_info[domid] = (gfn, port)
         self.server.connect(("ring", domid), domid, privileged=False)
         k.evtchn.on(local, lambda _p, c=conn: self.pump(c))
+        return conn
 
     def release(self, domid: int) -> None:
         conn = self.rings.pop(domid, None)
+        self.ring_info.pop(domid, None)
         if conn is None:
             return
         self.server.disconnect(("ring", domid))
         self.kernel.evtchn.close(conn.port)
         conn.streams.release()
+        if conn.ctl is not None:
+            conn.ctl.release()
         self.kernel.gnttab.unmap_grant(conn.mapping)
 
     def introduce_domain(self, domid: int, gfn: int, port: int) -> None:
@@ -164,20 +267,42 @@ class XenstoredService:
     # ---- the rings -----------------------------------------------------
 
     def pump(self, conn: RingConnection) -> None:
-        if conn.broken:
+        if conn.broken or self._reconnecting(conn):
             return
         try:
             data = conn.streams.rx.read()
             if data:
                 self.kernel.evtchn.notify(conn.port)  # room in req[] for the guest
+            out = []
             for msg in conn.parser.feed(data):
-                self.send(self.server.handle(("ring", conn.domid), msg))
+                out += self.server.handle(("ring", conn.domid), msg)
+            if out:
+                self.save()  # rule 4: what we acknowledge survives us
+            self.send(out)
             self.flush(conn)
         except RingError:
             self.cut_off(conn, XENSTORE_ERROR_RINGIDX)
         except (WireError, ProtocolError):
             self.cut_off(conn, XENSTORE_ERROR_PROTO)
         self.local._after()
+
+    def _reconnecting(self, conn: RingConnection) -> bool:
+        """Rule 5; True while the ring must not be read."""
+        state = conn.ctl.connection if conn.ctl is not None else XENSTORE_CONNECTED
+        if state == XENSTORE_RESTARTED:
+            return True  # the guest has not answered yet
+        if state != XENSTORE_RECONNECT:
+            return False
+        try:
+            conn.streams.rx.discard()
+        except RingError:
+            self.cut_off(conn, XENSTORE_ERROR_RINGIDX)
+            return True
+        conn.parser, conn.out = MessageParser(), b""
+        self.server.reset_connection(("ring", conn.domid))
+        conn.ctl.connection = XENSTORE_CONNECTED
+        self.kernel.evtchn.notify(conn.port)
+        return True
 
     def send(self, outgoing) -> None:
         for conn_id, data in outgoing:

@@ -73,6 +73,9 @@ class Store:
         self._owned: Counter[int] = Counter({0: 1})
         self._tombstones: dict[str, int] = {}
         self._open: list[Transaction] = []
+        # Every committed put and drop, in order, while someone keeps a
+        # journal (persist.py): (path, node) or (path, None).
+        self.journal: list[tuple[str, Node | None]] | None = None
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -88,12 +91,16 @@ class Store:
         self._count(self._nodes.get(path), -1)
         self._nodes[path] = node = Node(node.value, node.perms, node.children, self.generation)
         self._count(node, +1)
+        if self.journal is not None:
+            self.journal.append((path, node))
 
     def drop(self, path: str) -> None:
         self.generation += 1
         self._count(self._nodes.pop(path, None), -1)
         if self._open:
             self._tombstones[path] = self.generation
+        if self.journal is not None:
+            self.journal.append((path, None))
 
     def owned(self, domid: int) -> int:
         return self._owned[domid]

@@ -1,0 +1,199 @@
+"""Domain-0 dies and comes back; the DomUs keep running (issue 5, 1).
+
+Xen tears the dead Domain-0 down and builds a new one; xenstored, xenconsoled,
+the toolstack and blkback take up what the run directory says, and each
+blkfront reconnects and re-issues its in-flight requests.
+"""
+
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from hypervisor.core import DOM0_RESTART_BURST
+from hypervisor.main import EXIT_CRASH
+from launcher import rundir
+from launcher.devspec import DeviceSpec
+from launcher.guestshell import GuestShell
+from launcher.hostspec import DomainSpec, HostSpec, parse_host_toml
+from launcher.xlcfg import parse_disk_spec
+from tests.conftest import agent_domain
+from tests.kernels.agent import stream_sector
+
+
+def kill_dom0(h) -> int:
+    """SIGKILL Domain-0 and wait until it is gone; returns its old pid."""
+    return kill_dom0_pid(h, h["Domain-0"]["pid"])
+
+
+def kill_dom0_pid(h, pid: int) -> int:
+    proc = psutil.Process(pid)
+    os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
+    if h._client is not None:  # a fresh connection for the new Domain-0
+        h._client.close()
+        h._client = None
+    return pid
+
+
+@pytest.fixture
+def blk_host(make_host, agent, tmp_path):
+    img = tmp_path / "g.img"
+    img.write_bytes(bytes(8 << 20))
+    disk = parse_disk_spec(f"{img},raw,xvda,rw")
+    spec = HostSpec(name="t", domains=(DomainSpec(name="g", memory_mib=16, disks=(disk,),
+                                                  kernel="tests.kernels.agent"),),
+                    devices=(DeviceSpec(name="disk0", image=str(img)),))
+    h = make_host(spec)
+    g = agent(h, "g")
+    for _ in range(300):  # each probe is a round trip through the guest
+        if g("blk_connected"):
+            break
+    else:
+        raise AssertionError("blkfront never connected")
+    return h, g, img
+
+
+def test_idle_dom0_killed_comes_back_and_the_guest_keeps_its_disk(blk_host):
+    h, g, img = blk_host
+    before = h["g"]
+    assert g("blk", kind="write", sector=3, data=(b"A" * 512).hex())["status"] == 0
+    old = kill_dom0(h)
+    dom0 = h["Domain-0"]
+    assert dom0["domid"] == 0 and dom0["pid"] != old
+    after = h["g"]
+    assert (after["domid"], after["pid"]) == (before["domid"], before["pid"])
+    assert g("blk", kind="write", sector=4, data=(b"B" * 512).hex())["status"] == 0
+    assert g("blk", kind="flush")["status"] == 0
+    raw = img.read_bytes()
+    assert raw[3 * 512:5 * 512] == b"A" * 512 + b"B" * 512
+    be = h.xl("xs_read", path=f"/local/domain/0/backend/vbd/{g.domid}/51712/state")
+    fe = h.xl("xs_read", path=f"/local/domain/{g.domid}/device/vbd/51712/state")
+    assert (be, fe) == ("4", "4")
+    dmesg = h.xl("dmesg").decode()
+    assert "Domain-0 restarting" in dmesg
+
+
+def wait_for(cond, timeout_s: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def sector_of(img, n: int) -> bytes:
+    with open(img, "rb") as f:
+        f.seek(n * 512)
+        return f.read(512)
+
+
+def test_dom0_killed_under_block_io_the_guest_sees_a_stall_only(blk_host, capsys):
+    h, g, img = blk_host
+    first, count = 100, 4000
+    n = g.start("blk_stream", sector=first, count=count, depth=8)
+    wait_for(lambda: sector_of(img, first + 400) == stream_sector(first + 400),
+             what="the stream to get going")
+    t_kill = time.monotonic_ns()
+    kill_dom0(h)
+    res = g.wait(n, timeout_ms=30_000)
+    assert res["ok"], res
+    out = res["result"]
+    assert (out["done"], out["errors"]) == (count, 0)
+    assert out["reissued"] > 0  # requests were in flight when the backend died
+    gap_start, gap_end = out["gap"]
+    recovery_s = (gap_end - t_kill) / 1e9
+    with capsys.disabled():
+        print(f"\nDom0 killed under block I/O: first completion {recovery_s * 1000:.0f} ms "
+              f"after the kill (longest stall {(gap_end - gap_start) / 1e6:.0f} ms, "
+              f"{out['reissued']} requests re-issued)")
+    assert 0 < recovery_s < 2.0
+    for s in range(first, first + count):  # every acknowledged write is on the image
+        assert sector_of(img, s) == stream_sector(s), f"sector {s}"
+
+
+def test_dom0_that_keeps_dying_takes_the_host_down(make_host):
+    """Two restarts within DOM0_RESTART_WINDOW_S; the third death is a host crash."""
+    h = make_host(None, agent_domain("a1"))
+    pids = set()
+    for _ in range(DOM0_RESTART_BURST):
+        pids.add(kill_dom0(h))
+        assert h["a1"]["state"] in ("running", "blocked")  # the new Domain-0 answers
+    dom0 = h["Domain-0"]["pid"]
+    assert dom0 not in pids
+    os.kill(dom0, signal.SIGKILL)
+    assert h.xen.wait(10) == EXIT_CRASH
+    xen_log = (pathlib.Path(h.dir) / "xen.log").read_text()
+    assert f"Domain 0 crashed {DOM0_RESTART_BURST + 1} times" in xen_log
+    # make_host's teardown asserts that nothing of the host is left
+
+
+FS_HOST = """
+[host]
+name = "fsrestart"
+[[domain]]
+name = "g1"
+memory = 32
+disk = ["format=raw, vdev=xvda, access=rw, target=g1.img"]
+"""
+
+
+def test_dom0_killed_during_dd_oflag_sync_in_a_xenolinux_guest(make_host):
+    """The guest's filesystem sees a stall: dd finishes without an error, the
+    shell still answers, and after a clean shutdown the image passes e2fsck
+    and holds the file."""
+    h = make_host(parse_host_toml(FS_HOST, "test"))
+    sh = GuestShell(h, "g1")
+    (dev,) = [d["name"] for d in h.xl("phys_list")]
+
+    def completed() -> int:
+        return h.xl("phys_info", dev=dev)["statistics"]["completed"]
+
+    base = completed()
+    sh.type("dd if=/dev/zero of=/home/f bs=4096 count=300 oflag=sync\n")
+    wait_for(lambda: completed() > base + 60, what="dd to get going")
+    kill_dom0(h)
+    out = sh.wait_for("bytes copied")
+    assert "300+0 records out" in out and "dd:" not in out, out
+    assert sh.run("echo alive") == "alive"
+    assert h.xl("shutdown", dom="g1", wait_ms=20_000)
+    img = str(pathlib.Path(rundir.run_root()) / "images" / h.name / "g1.img")
+    fsck = subprocess.run(["e2fsck", "-fn", img], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    got = subprocess.run(["debugfs", "-R", "cat /home/f", img], capture_output=True).stdout
+    assert got == bytes(300 * 4096)
+
+
+def test_guest_xenstore_requests_in_flight_survive_a_dom0_kill(make_host, agent):
+    """The guest's xenbus reconnects: requests resent, transactions retried."""
+    h = make_host(None, agent_domain("a1"))
+    a, count = agent(h, "a1"), 1200
+    path = f"/local/domain/{a.domid}/data/loop"
+    n = a.start("xs_loop", count=count)
+    wait_for(lambda: int(h.xl("xs_wait", path=path, timeout_ms=5000)) > 300,
+             what="the loop to get going")
+    kill_dom0(h)
+    res = a.wait(n, timeout_ms=30_000)
+    assert res["ok"], res
+    assert res["result"]["reconnects"] == 1
+    assert h.xl("xs_read", path=path) == str(count - 1)
+    assert h.xl("xs_read", path=f"/local/domain/{a.domid}/data/txn") == str(count // 10)
+
+
+def test_a_guest_that_crashed_while_dom0_was_down_gets_its_on_crash(make_host):
+    """The new toolstack applies what the dead one never saw (SIGSTOP keeps
+    the old Domain-0 from handling VIRQ_DOM_EXC before it dies)."""
+    h = make_host(None, agent_domain("a1", on_crash="restart"), agent_domain("a2"))
+    a1, a2, dom0 = h["a1"], h["a2"], h["Domain-0"]["pid"]
+    os.kill(dom0, signal.SIGSTOP)
+    os.kill(a1["pid"], signal.SIGKILL)
+    psutil.Process(a1["pid"]).wait(10)
+    kill_dom0_pid(h, dom0)
+    h.xl("wait_booted", doms=["a1"], timeout_ms=10_000)
+    assert h["a1"]["domid"] != a1["domid"]
+    assert h["a2"]["pid"] == a2["pid"]
+    assert f"domain {a1['domid']} (a1) crash: restart" in h.xl("dmesg").decode()
