@@ -121,7 +121,15 @@ def test_hypervisor_crash_reboots_and_every_acknowledged_record_survives():
     assert r["faults"][0]["outcome"] == "host-reboot"
 
 
-@pytest.mark.parametrize("name", ["kill-dom0", "kill-disk-device"])
+def test_dom0_killed_under_load_restarts_and_nothing_is_lost():
+    r, sc = run_short("kill-dom0")
+    check_report(r, sc)
+    f = r["faults"][0]
+    assert f["expect"] == "recovery" and f["outcome"] == "recovered", f
+    assert f["recovery_s"] is not None and not f["stall_open"]
+
+
+@pytest.mark.parametrize("name", ["kill-disk-device"])
 def test_missing_recoveries_are_reported_honestly(name):
     """Until Domain-0 and disk devices restart, these report 'did not recover'
     (with the stall they measured); when they do, update the scenario's expect."""
