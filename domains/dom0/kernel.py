@@ -13,7 +13,7 @@ import sys
 import time
 
 from domains.dom0.blkback.service import BlkbackService
-from domains.dom0.drivers import probe
+from domains.dom0.drivers import probe, watch
 from domains.dom0.drivers.ops import build_phys_ops
 from domains.dom0.toolstack import ops
 from domains.dom0.toolstack.control import ControlServer
@@ -30,6 +30,7 @@ class Dom0:
         self.kernel = kernel
         kernel.early_boot()
         self.disks = probe(kernel)  # the physical devices Xen assigned to us
+        watch(kernel, self.disks)  # their deaths and replacements
         self.xenstored = XenstoredService(kernel)
         self.xs = self.xenstored.local
         self.consoled = Xenconsoled(kernel, kernel.rundir)

@@ -13,7 +13,7 @@ from launcher.devspec import (
     resolve_image,
     with_disk_devices,
 )
-from launcher.host import device_arg
+from launcher.firmware import device_arg
 from launcher.hostspec import ConfigError, DiskSpec, DomainSpec, HostSpec, default_host
 from launcher.hostspec import parse_host_toml as toml
 
