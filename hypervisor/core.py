@@ -425,9 +425,12 @@ class Hypervisor(DevicesMixin):
         while self.running:
             if self._pidfds_changed:
                 self._pidfds_changed = False
-                items = [(self.sock, zmq.POLLIN), (wakeup_fd, zmq.POLLIN),
+                # The firmware channel comes before the ROUTER: a replacement
+                # device's hello must find its secret known (hypervisor.devices).
+                items = [*((fd, zmq.POLLIN) for fd in self.firmware_fds()),
+                         (self.sock, zmq.POLLIN), (wakeup_fd, zmq.POLLIN),
                          *((fd, zmq.POLLIN) for fd in self.pidfds),
-                         *((fd, zmq.POLLIN) for fd in self.device_fds())]
+                         *((fd, zmq.POLLIN) for fd in self.device_ctls)]
             timeout = -1
             if self.timers:
                 timeout = max(0, (self.timers[0][0] - time.monotonic_ns()) // 1_000_000 + 1)

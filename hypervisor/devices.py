@@ -8,7 +8,9 @@ Rules (hypervisor.public.platform):
    holds the other end, and it never writes): its secret is forgotten, the
    socket closed, and VIRQ_DEVICE raised. Xen restarts nothing: that is the
    firmware's job (the launcher), which sends "replace" with a fresh secret
-   and control socket, or "remove" when it gives up.
+   and control socket, or "remove" when it gives up. The launcher sends
+   "replace" before it starts the process, and the main loop reads the
+   firmware channel before the ROUTER, so the hello always finds its secret.
 3. A replacement keeps the name, kind, IRQ and image, so Dom0's pirq port
    and MMIO address stay valid; it starts with no memory given. Its hello
    gets the IOMMU table, Dom0's memory and the memory of every domain an
@@ -57,9 +59,8 @@ class DevicesMixin:
         self._pidfds_changed = True  # the loop polls the control socket
         return dev
 
-    def device_fds(self) -> list[int]:
-        fds = list(self.device_ctls)
-        return fds + [self.firmware.fileno()] if self.firmware is not None else fds
+    def firmware_fds(self) -> list[int]:
+        return [self.firmware.fileno()] if self.firmware is not None else []
 
     def on_device_fd(self, fd: int) -> None:
         if fd in self.device_ctls:

@@ -3,6 +3,8 @@ Domain-0's driver fails or keeps the commands it held (`on_crash`), then
 re-initialises the queue pair and I/O resumes. A guest's vbd stays connected.
 """
 
+import json
+import os
 import signal
 import time
 
@@ -14,6 +16,7 @@ from launcher.devspec import DeviceSpec
 from launcher.firmware import RESTART_LIMIT
 from launcher.hostspec import DomainSpec, HostSpec
 from launcher.xlcfg import parse_disk_spec
+from tests.conftest import xenolab
 
 SECTOR = 512
 
@@ -69,7 +72,7 @@ def kill_while_held(h, g, victim: str = "kill") -> tuple[int, float]:
     if victim == "kill":
         dev.send_signal(signal.SIGKILL)
     else:
-        h.xl("phys_fault", dev="disk0", mode="die")
+        xenolab("dev", "fault", "disk0", "die", env={**os.environ, "XENOLAB_HOST": h.name})
     # No dev.wait(): the device is the supervisor's child (this process), and
     # reaping it here would hide its death from the firmware's watcher.
     return n, t0
@@ -111,10 +114,12 @@ def test_fail_mode_in_flight_requests_fail_and_later_ones_succeed(guest_host):
 
 def test_on_crash_switches_at_run_time(guest_host):
     h, g, _ = guest_host
-    assert h.xl("phys_on_crash", dev="disk0", policy="fail") is True
+    env = {**os.environ, "XENOLAB_HOST": h.name}
+    xenolab("dev", "on-crash", "disk0", "fail", env=env)
     n, _ = kill_while_held(h, g)
     assert g.wait(n)["result"]["status"] != 0
-    assert h.xl("phys_info", dev="disk0")["on_crash"] == "fail"
+    rows = json.loads(xenolab("dev", "list", "--json", env=env).stdout)
+    assert rows[0]["on_crash"] == "fail" and rows[0]["generation"] == 1
 
 
 def test_the_physical_path_resumes_after_a_kill(make_host, tmp_path):

@@ -17,14 +17,17 @@ Rules:
    command in flight.
 6. Link down and reset (hypervisor.public.platform rule 6). Every command
    stays in `cmds` until it completes. When Xen says the device is gone,
-   the info page is zeroed (no completion is trusted until a new init) and
-   the commands the device held are failed with DiskStatus.error at once
-   (`on_crash = "fail"`) or kept (`"wait"`); commands submitted meanwhile
-   wait. When a replacement is up, the driver re-initialises the queue pair
-   (SHARED_RING_INIT), reconnects its MMIO, sends "init", and the info
-   page's interrupt re-submits every command still pending, in submission
-   order. A removed device halts the driver: everything pending fails.
-   Like a controller reset, the run-time latency and fault switches are lost.
+   the completions it left in the ring are taken (its last IRQ may be
+   lost), the info page is zeroed (nothing is trusted until a new init),
+   and the commands the device still held are failed with DiskStatus.error
+   at once (`on_crash = "fail"`) or kept (`"wait"`); commands submitted
+   meanwhile wait. When a replacement is up, the driver re-initialises the
+   queue pair (SHARED_RING_INIT), reconnects its MMIO, sends "init", and
+   the info page's interrupt re-submits every command still pending, in
+   submission order (a kept command may thus run twice, as after a
+   controller reset). A removed device halts the driver: everything
+   pending fails. Like a controller reset, the run-time latency and fault
+   switches are lost.
 """
 
 import itertools
@@ -135,6 +138,11 @@ class DiskDriver:
         if self.link == "down":
             return
         self.link, self.down_ns = "down", time.monotonic_ns()
+        if self.info is not None:  # what it completed before dying counts
+            try:
+                self._take_completions()
+            except RingError:
+                pass
         self.info = None
         self.info_page[:] = bytes(PAGE_SIZE)
         queued = {id_ for id_, _, _ in map(_header, self.waiting)}
