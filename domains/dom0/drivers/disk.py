@@ -165,6 +165,8 @@ class DiskDriver:
         self.mmio.close(0)
         self._open_mmio()
         self._init()
+        print(f"disk {self.name}: generation {generation} up, re-init; "
+              f"{len(self.waiting)} commands to submit again", flush=True)
 
     # ---- bring-up --------------------------------------------------------
 
@@ -204,6 +206,9 @@ class DiskDriver:
             self.error = f"device refused init ({info['init_status']})"
             return False
         self.info = info
+        if self.resets:
+            print(f"disk {self.name}: ready again, {len(self.waiting)} commands queued",
+                  flush=True)
         self._refill()
         return True
 
