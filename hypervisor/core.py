@@ -30,22 +30,16 @@ import zmq
 # hc_mmu registers the mmu_update/mmuext_op handlers in hypercalls.TABLE.
 from hypervisor import hc_mmu, hypercalls, spawn  # noqa: F401
 from hypervisor.args import BadArg
+from hypervisor.devices import DevicesMixin
 from hypervisor.domain import Domain, DomState
 from hypervisor.event_channel import EventChannels
 from hypervisor.grant_table import GrantTables
-from hypervisor.iommu import Device, Iommu
+from hypervisor.iommu import Iommu
 from hypervisor.memory import MemoryObject
 from hypervisor.mm import FrameTable
-from hypervisor.public import envelope, hops, trace
+from hypervisor.public import envelope
 from hypervisor.public.event_channel import SHARED_INFO_SIZE
-from hypervisor.public.grant_table import DEFAULT_MAX_GRANT_FRAMES, GNTMAP_readonly
-from hypervisor.public.platform import (
-    IOMMU_ENTRIES,
-    IOMMU_FOREIGN_BASE,
-    PLATFORM_OP,
-    PlatformOp,
-    mmio_endpoint,
-)
+from hypervisor.public.grant_table import DEFAULT_MAX_GRANT_FRAMES
 from hypervisor.public.start_info import (
     SIF_DOM0_RESTART,
     SIF_INITDOMAIN,
@@ -77,8 +71,9 @@ class NoMachineFrames(BadArg):
     errno = Errno.ENOMEM
 
 
-class Hypervisor:
-    def __init__(self, host: str, rundir: str, endpoint: str, memory_mib: int, cpus: int):
+class Hypervisor(DevicesMixin):
+    def __init__(self, host: str, rundir: str, endpoint: str, memory_mib: int, cpus: int,
+                 firmware_fd: int = -1):
         self.host, self.rundir, self.endpoint = host, rundir, endpoint
         self.total_pages = memory_mib * 1024 * 1024 // PAGE_SIZE
         self.cpus = cpus
@@ -101,7 +96,7 @@ class Hypervisor:
         self.pidfds: dict[int, Domain] = {}
         self._pidfds_changed = True
         self.pollers: set[Domain] = set()  # domains blocked in SCHEDOP_poll
-        self.devices: dict[bytes, Device] = {}
+        self._init_devices(firmware_fd)  # hypervisor.devices
         self.iommu = Iommu()
         self.running = True
         self.dom0_args: tuple[int, int, str] | None = None  # build_dom0's, for a restart
@@ -363,51 +358,6 @@ class Hypervisor:
             seq, dom.poll = dom.poll[0], None
             self.reply(dom, seq, 0)
 
-    # ---- devices (hypervisor.public.platform) -----------------------------
-
-    def add_device(self, name: str, kind: str, secret: bytes, fd: int, irq: int,
-                   image: str = "") -> None:
-        self.devices[secret] = Device(name, kind, secret, socket.socket(fileno=fd), irq,
-                                      image=image)
-
-    def handle_device_frame(self, dev: Device, frame: bytes) -> None:
-        try:
-            req = envelope.decode_request(frame)
-        except envelope.EnvelopeError:
-            return
-        if req.hypercall != PLATFORM_OP:
-            return
-        if req.cmd == PlatformOp.irq:
-            hops.stamp(hops.XEN_PIRQ, dev.irq)
-            trace.stamp(trace.XEN_PIRQ, 0, dev.irq)
-            self.evtchn.raise_pirq(dev.irq)
-        elif req.cmd == PlatformOp.hello:
-            self._device_hello(dev, req.seq)
-
-    def _device_hello(self, dev: Device, seq: int) -> None:
-        dom0 = self.domains[0]
-        self.iommu.give_table(dev)
-        self.iommu.give_memory(dev, 0, dom0.mem)
-        dev.up = True
-        self.console.write(f"Device {dev.name} ({dev.kind}) up on IRQ {dev.irq}")
-        self._send(dev.secret, envelope.encode_reply(seq, 0, {
-            "irq": dev.irq, "dom0_pages": dom0.nr_pages, "foreign_base": IOMMU_FOREIGN_BASE,
-            "entries": IOMMU_ENTRIES}))
-
-    def iommu_map(self, mapper: Domain, granter: int, pfn: int, handle: int, flags: int) -> int:
-        """GNTMAP_device_map by the hardware domain: a bus frame for DMA."""
-        if mapper.domid != 0 or not self.devices:
-            return 0
-        g = self.domains[granter]
-        for dev in self.devices.values():
-            if dev.up:
-                self.iommu.give_memory(dev, granter, g.mem)
-        return self.iommu.map(0, handle, granter, pfn, not flags & GNTMAP_readonly)
-
-    def device_list(self) -> list[dict]:
-        return [{"name": d.name, "kind": d.kind, "irq": d.irq, "image": d.image,
-                 "mmio": mmio_endpoint(self.host, d.name)} for d in self.devices.values()]
-
     # ---- memory handed to other domains ---------------------------------
 
     def send_memory(self, mapper: Domain, granter: Domain, foreign: bool) -> None:
@@ -513,16 +463,20 @@ class Hypervisor:
             dom = self.by_secret.get(ident)
             if dom is not None:
                 self.handle_frame(dom, frame)
-            elif ident in self.devices:
-                self.handle_device_frame(self.devices[ident], frame)
+            elif ident in self.device_ids:
+                self.handle_device_frame(self.device_ids[ident], frame)
 
     def loop(self, wakeup_fd: int) -> None:
         items = [(self.sock, zmq.POLLIN), (wakeup_fd, zmq.POLLIN)]
         while self.running:
             if self._pidfds_changed:
                 self._pidfds_changed = False
-                items = [(self.sock, zmq.POLLIN), (wakeup_fd, zmq.POLLIN),
-                         *((fd, zmq.POLLIN) for fd in self.pidfds)]
+                # The firmware channel comes before the ROUTER: a replacement
+                # device's hello must find its secret known (hypervisor.devices).
+                items = [*((fd, zmq.POLLIN) for fd in self.firmware_fds()),
+                         (self.sock, zmq.POLLIN), (wakeup_fd, zmq.POLLIN),
+                         *((fd, zmq.POLLIN) for fd in self.pidfds),
+                         *((fd, zmq.POLLIN) for fd in self.device_ctls)]
             timeout = -1
             if self.timers:
                 timeout = max(0, (self.timers[0][0] - time.monotonic_ns()) // 1_000_000 + 1)
@@ -534,6 +488,8 @@ class Hypervisor:
                     self.running = False
                 elif obj in self.pidfds:
                     self.on_death(self.pidfds[obj])
+                else:
+                    self.on_device_fd(obj)
             if self.timers:
                 self.run_timers()
             if self.pollers:
@@ -551,8 +507,7 @@ class Hypervisor:
             self.mm.remove_domain(dom.domid)
             dom.mem.close()
             dom.shared_info.close()
-        for dev in self.devices.values():
-            dev.ctl.close()
+        self.close_devices()
         self.iommu.close()
         self.console.write("System halted")
         self.sock.close(0)

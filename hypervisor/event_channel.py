@@ -231,7 +231,7 @@ class EventChannels:
         return port
 
     def _check_virq_owner(self, d: _Domain, virq: int, vcpu: int, is_global: bool) -> int:
-        if virq == Virq.DOM_EXC and not d.privileged:
+        if virq in (Virq.DOM_EXC, Virq.DEVICE) and not d.privileged:
             return -Errno.EPERM
         if is_global and self._global_handler.get(virq, d.domid) != d.domid:
             return -Errno.EBUSY

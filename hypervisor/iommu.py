@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 
 from hypervisor import spawn
 from hypervisor.memory import MemoryObject
-from hypervisor.public.platform import IOMMU_ENTRIES, IOMMU_FOREIGN_BASE, iommu_entry
+from hypervisor.public.platform import (
+    IOMMU_ENTRIES,
+    IOMMU_FOREIGN_BASE,
+    DeviceState,
+    iommu_decode,
+    iommu_entry,
+)
 
 
 @dataclass(eq=False)
@@ -26,8 +32,13 @@ class Device:
     ctl: socket.socket
     irq: int
     image: str = ""  # a disk's image file (absolute path): which vbd `params` it serves
-    up: bool = False
+    state: DeviceState = DeviceState.booting
+    generation: int = 0  # 0 for the device of boot, +1 for each replacement
     doms_given: set[int] = field(default_factory=set)
+
+    @property
+    def up(self) -> bool:
+        return self.state is DeviceState.up
 
 
 def parse_device_arg(arg: str) -> tuple[str, str, bytes, int, int, str]:
@@ -70,14 +81,28 @@ class Iommu:
         for key in [k for k in self.by_handle if k[0] == mapper]:
             self.unmap(*key)
 
-    def give_memory(self, dev: Device, domid: int, mem: MemoryObject) -> None:
-        if domid in dev.doms_given or mem.fd < 0:
-            return
-        spawn.send_memory(dev.ctl, {"dom": domid, "nr_pages": mem.nr_pages}, mem.fd)
-        dev.doms_given.add(domid)
+    def granters(self) -> set[int]:
+        """Every domain that some entry names (a new device needs their memory)."""
+        return {iommu_decode(self.entries[i])[0] for i in self.by_handle.values()
+                if self.entries[i]}
 
-    def give_table(self, dev: Device) -> None:
-        spawn.send_memory(dev.ctl, {"iommu": IOMMU_ENTRIES}, self.table.fd)
+    def give_memory(self, dev: Device, domid: int, mem: MemoryObject) -> bool:
+        """False if the device is gone (its control socket is closed)."""
+        if domid in dev.doms_given or mem.fd < 0:
+            return True
+        try:
+            spawn.send_memory(dev.ctl, {"dom": domid, "nr_pages": mem.nr_pages}, mem.fd)
+        except OSError:
+            return False  # EPIPE: the device died; the main loop notices its socket
+        dev.doms_given.add(domid)
+        return True
+
+    def give_table(self, dev: Device) -> bool:
+        try:
+            spawn.send_memory(dev.ctl, {"iommu": IOMMU_ENTRIES}, self.table.fd)
+        except OSError:
+            return False
+        return True
 
     def close(self) -> None:
         self.entries.release()

@@ -29,6 +29,8 @@ def parse(argv):
     p.add_argument("--device", action="append", default=[],
                    help="NAME:KIND:SECRETHEX:CTLFD:IRQ[:IMAGEHEX] of a device the launcher "
                    "started (IMAGEHEX: its image path, hex-encoded)")
+    p.add_argument("--firmware-fd", type=int, default=-1,
+                   help="the launcher's firmware channel (hypervisor.public.platform rule 6)")
     return p.parse_args(argv)
 
 
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
     a = parse(argv)
     setproctitle(f"xenolab[{a.host}]: hypervisor (Xen)")
     spawn.die_with_parent(signal.SIGTERM)  # the launcher died: power off
-    xen = Hypervisor(a.host, a.rundir, a.endpoint, a.memory, a.cpus)
+    xen = Hypervisor(a.host, a.rundir, a.endpoint, a.memory, a.cpus, a.firmware_fd)
     for arg in a.device:
         xen.add_device(*parse_device_arg(arg))
     xen.console.write(f"Xen {xen.host} booting: {a.memory} MiB, {a.cpus} CPUs")

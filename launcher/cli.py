@@ -155,6 +155,11 @@ def _dev_parser(sub) -> None:
     c.add_argument("dev")
     c.add_argument("spec")
     _host_arg(c)
+    c = ds.add_parser("on-crash", help="when the device dies: wait for its replacement, "
+                      "or fail the commands it held")
+    c.add_argument("dev")
+    c.add_argument("policy", choices=("wait", "fail"))
+    _host_arg(c)
 
 
 def _bench_parser(sub) -> None:

@@ -307,7 +307,13 @@ def cmd_dev(args, host: str) -> int:
             c.call("phys_fault", dev=args.dev, mode=args.mode, rate=args.rate)
         elif sub == "latency":
             c.call("phys_latency", dev=args.dev, spec=check_latency(args.spec))
+        elif sub == "on-crash":
+            c.call("phys_on_crash", dev=args.dev, policy=args.policy)
     return 0
+
+
+def _not_ready(r: dict) -> str:
+    return "down" if r.get("link") == "down" else "probe"
 
 
 def _print_devs(rows: list[dict]) -> None:
@@ -315,7 +321,7 @@ def _print_devs(rows: list[dict]) -> None:
     for r in rows:
         stats = r.get("statistics", {})
         mib = r.get("capacity_sectors", 0) * r.get("sector_size", 512) >> 20
-        state = "ready" if r["ready"] else (r["error"] or "probe")[:6]
+        state = "ready" if r["ready"] else (r["error"] or _not_ready(r))[:6]
         print(f"{r['name']:<24}{r['irq']:>4}{mib:>7}  {state:<6}{stats.get('completed', 0):>9}"
               f"{stats.get('errors', 0):>7}{stats.get('in_flight', 0):>6}")
 

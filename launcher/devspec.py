@@ -35,6 +35,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")  # NAME_MAX characters
 IMPLICIT_PREFIX = "vbd"
 LATENCY_RE = re.compile(r"^(none|fixed:[0-9]+|hdd(:[0-9]+)?)$")
 HDD_RPM = (1000, 20000)
+ON_CRASH = ("wait", "fail")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class DeviceSpec:
     latency: str = "none"  # none | fixed:USEC | hdd | hdd:RPM (devices.latency)
     fail_rate: float = 0.0  # EIO on this fraction of commands
     seed: int = 0
+    on_crash: str = "wait"  # Dom0's driver, when the device dies: "wait" or "fail" its commands
 
     def __post_init__(self) -> None:
         check_text("device name", self.name)
@@ -61,6 +63,9 @@ class DeviceSpec:
         if self.kind == "disk" and not self.image:
             raise ConfigError(f"device {self.name}: a disk needs image = PATH")
         check_latency(self.latency, f"device {self.name}: ")
+        if self.on_crash not in ON_CRASH:
+            raise ConfigError(f"device {self.name}: on_crash must be one of "
+                              f"{', '.join(ON_CRASH)}, not {self.on_crash!r}")
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ConfigError(f"device {self.name}: fail_rate must be within 0..1")
 

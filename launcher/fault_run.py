@@ -371,7 +371,8 @@ class Runner:
     def _destroy_diskless(self) -> None:
         """A guest whose disk device is dead cannot sync: pull its plug rather
         than wait for its shutdown to time out."""
-        dead = {dev.name for dev, proc, *_ in self.h.devices if proc.poll() is not None}
+        devices = self.h.firmware.devices if self.h.firmware is not None else []
+        dead = {d.spec.name for d in devices if d.proc.poll() is not None}
         for dom, dev in disk_devices(self.h.spec).items():
             if dev in dead:
                 try:

@@ -22,9 +22,7 @@ Rules:
 
 import json
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,11 +30,11 @@ import time
 import psutil
 
 from hypervisor.public.endpoints import xen_endpoint
-from hypervisor.public.platform import FIRST_DEVICE_IRQ
 from hypervisor.public.trace import ENV as TRACE_ENV
 from launcher import rundir
 from launcher.client import ToolstackClient
-from launcher.devspec import DeviceSpec, with_disk_devices
+from launcher.devspec import with_disk_devices
+from launcher.firmware import Firmware
 from launcher.hostspec import HostSpec
 from launcher.images import make_image
 from launcher.rundir import HostError, PidRecord
@@ -63,7 +61,7 @@ class Host:
         self.xen: subprocess.Popen | None = None
         self._client: ToolstackClient | None = None
         self.ready_s: float | None = None
-        self.devices: list = []  # (DeviceSpec, Popen, Xen's ctl end, secret, irq)
+        self.firmware: Firmware | None = None  # the devices and their supervision
         self.trace_dir = trace_folder(self.name) if trace else None
 
     # ---- boot ----------------------------------------------------------
@@ -100,6 +98,8 @@ class Host:
         for i, dom in enumerate(self.spec.domains):
             with open(os.path.join(self.dir, "auto", f"{i:03d}-{dom.name}.json"), "w") as f:
                 json.dump(dom.to_wire(), f)
+        with open(os.path.join(self.dir, "disks.json"), "w") as f:  # Dom0's driver policy
+            json.dump({d.name: {"on_crash": d.on_crash} for d in self.spec.devices}, f)
 
     def _make_images(self) -> None:
         """Every disk device's image exists before the device opens it (rule 4)."""
@@ -115,24 +115,11 @@ class Host:
             make_image(dev.image, size_mib=IMAGE_MIB)
 
     def _start_devices(self) -> None:
-        """Hardware first: each device gets a secret, an IRQ and a control
-        socket whose other end goes to Xen (hypervisor.public.platform)."""
-        for i, dev in enumerate(self.spec.devices):
-            secret = secrets.token_bytes(16)
-            xen_end, dev_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            irq = FIRST_DEVICE_IRQ + i
-            argv = [sys.executable, "-m", f"devices.{dev.kind}", "--host", self.name,
-                    "--name", dev.name, "--endpoint", xen_endpoint(self.name),
-                    "--secret", secret.hex(), "--ctl-fd", str(dev_end.fileno()),
-                    "--irq", str(irq), *dev.argv()]
-            image = f", {dev.image}" if dev.image else ""
-            self.progress(f"Starting device {dev.name} ({dev.kind}, IRQ {irq}{image})")
-            with open(os.path.join(self.dir, "logs", f"{dev.name}.log"), "ab") as log:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.STDOUT, pass_fds=(dev_end.fileno(),),
-                                        start_new_session=True, env=self._env())
-            dev_end.close()
-            self.devices.append((dev, proc, xen_end, secret, irq))
+        """Hardware first (launcher.firmware): each device gets a secret, an
+        IRQ and a control socket whose other end goes to Xen."""
+        self.firmware = Firmware(self.name, os.path.join(self.dir, "logs"), self._env(),
+                                 self.progress)
+        self.firmware.start_devices(self.spec.devices)
 
     def _start_xen(self) -> None:
         s = self.spec
@@ -140,17 +127,14 @@ class Host:
                 "--endpoint", xen_endpoint(self.name), "--memory", str(s.memory_mib),
                 "--cpus", str(s.cpus), "--dom0-memory", str(s.dom0_memory_mib),
                 "--dom0-vcpus", str(s.dom0_vcpus)]
-        fds = []
-        for dev, _, xen_end, secret, irq in self.devices:
-            argv += ["--device", device_arg(dev, secret, xen_end.fileno(), irq)]
-            fds.append(xen_end.fileno())
+        dev_argv, fds = self.firmware.xen_args()
+        argv += dev_argv
         with open(os.path.join(self.dir, "logs", "hypervisor.log"), "ab") as log:
             self.xen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True,
                                         pass_fds=fds, preexec_fn=_die_with_parent,
                                         env=self._env())
-        for _, _, xen_end, _, _ in self.devices:
-            xen_end.close()
+        self.firmware.xen_started(self.xen)
         me = psutil.Process()
         rundir.write_pids(self.dir, PidRecord(me.pid, me.create_time(), self.xen.pid,
                                               psutil.Process(self.xen.pid).create_time()))
@@ -189,6 +173,8 @@ class Host:
     def down(self, timeout_s: float = DOWN_TIMEOUT_S) -> float:
         """Orderly shutdown through Domain-0; returns the seconds it took."""
         t0 = time.monotonic()
+        if self.firmware is not None:
+            self.firmware.stop_watching()  # Xen closing their sockets powers the devices off
         if self.alive():
             try:
                 self.xl("halt", timeout_s=2)
@@ -206,6 +192,8 @@ class Host:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self.firmware is not None:
+            self.firmware.stop_watching()  # no restart while the host goes down
         if self.xen is not None and self.xen.poll() is None:
             self.xen.terminate()
             try:
@@ -213,17 +201,11 @@ class Host:
             except subprocess.TimeoutExpired:
                 self.xen.kill()
                 self.xen.wait()
-        self._stop_devices()
+        if self.firmware is not None:
+            self.firmware.close()
+            self.firmware = None
         kill_leftovers(self.name)
         rundir.remove_pids(self.dir)
-
-    def _stop_devices(self) -> None:
-        for _, proc, xen_end, _, _ in self.devices:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            xen_end.close()
-        self.devices = []
 
     def wait(self) -> int:
         """Supervise until the hypervisor exits; then make sure all is gone."""
@@ -236,13 +218,6 @@ class Host:
 
     def __exit__(self, *exc) -> None:
         self.down()
-
-
-def device_arg(dev: DeviceSpec, secret: bytes, ctl_fd: int, irq: int) -> str:
-    """Xen's --device NAME:KIND:SECRETHEX:CTLFD:IRQ[:IMAGEHEX]; the image path
-    travels hex-encoded, so any character (':' included) is safe."""
-    arg = f"{dev.name}:{dev.kind}:{secret.hex()}:{ctl_fd}:{irq}"
-    return f"{arg}:{os.fsencode(dev.image).hex()}" if dev.image else arg
 
 
 def _within(path: str, folder: str) -> bool:

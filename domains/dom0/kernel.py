@@ -20,7 +20,7 @@ import sys
 import time
 
 from domains.dom0.blkback.service import BlkbackService
-from domains.dom0.drivers import probe
+from domains.dom0.drivers import probe, watch
 from domains.dom0.drivers.ops import build_phys_ops
 from domains.dom0.toolstack import ops
 from domains.dom0.toolstack.control import ControlServer
@@ -39,6 +39,7 @@ class Dom0:
         si = kernel.early_boot()
         self.restarted = bool(si.flags & SIF_DOM0_RESTART)
         self.disks = probe(kernel)  # the physical devices Xen assigned to us
+        watch(kernel, self.disks)  # their deaths and replacements
         self.xenstored = XenstoredService(kernel, restart=self.restarted)
         self.xs = self.xenstored.local
         self.consoled = Xenconsoled(kernel, kernel.rundir)

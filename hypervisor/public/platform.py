@@ -20,6 +20,14 @@ Rules:
    which reaches Dom0 as the event-channel port it bound with bind_pirq.
 5. MMIO: Domain-0's driver writes to the device directly (PUSH to the
    device's `mmio_endpoint`), as a PV Dom0 writes a passed-through BAR.
+6. Link down and hot replacement. Xen watches each device's control socket:
+   end of file means the device is gone (its link went down). The launcher
+   (the firmware) restarts a dead device under the same name, IRQ and
+   image, and hands Xen the new secret and control socket on the firmware
+   channel (`--firmware-fd`, SOCK_SEQPACKET, `encode_firmware`); when it
+   gives up on a device it says "remove". Each change of a device's state
+   raises the global VIRQ_DEVICE (hypervisor.public.xen) for Dom0, which
+   reads the states and generations in `device_list`.
 """
 
 import enum
@@ -42,7 +50,45 @@ class PlatformOp(enum.IntEnum):
 class PhysdevOp(enum.IntEnum):
     """PHYSDEVOP_* used by Dom0 (model numbers beyond Xen's)."""
 
-    device_list = 100  # -> [{"name", "kind", "irq", "image", "mmio"}]
+    device_list = 100  # -> [{"name", "kind", "irq", "image", "mmio", "state", "generation"}]
+
+
+class DeviceState(enum.StrEnum):
+    """A device as Xen sees it (rule 6), in device_list's "state"."""
+
+    booting = "booting"  # started, no hello yet
+    up = "up"  # hello done: it has its memory and may DMA
+    dead = "dead"  # its process is gone; a replacement may follow
+    removed = "removed"  # the firmware gave up on it: gone for good
+
+
+FIRMWARE_OPS = ("replace", "remove")
+
+
+class FirmwareError(ValueError):
+    """A malformed message on the firmware channel."""
+
+
+def encode_firmware(op: str, name: str, secret: bytes = b"") -> bytes:
+    """A firmware message: "replace" (one fd rides along: the new control
+    socket) or "remove"."""
+    import msgpack
+    return msgpack.packb({"op": op, "name": name, "secret": secret})
+
+
+def decode_firmware(raw: bytes) -> dict:
+    import msgpack
+    try:
+        msg = msgpack.unpackb(raw, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise FirmwareError(f"not msgpack: {exc.__class__.__name__}") from None
+    if not isinstance(msg, dict) or msg.get("op") not in FIRMWARE_OPS:
+        raise FirmwareError("not a firmware message")
+    if not isinstance(msg.get("name"), str) or not isinstance(msg.get("secret"), bytes):
+        raise FirmwareError("firmware message: name must be text and secret bytes")
+    if msg["op"] == "replace" and len(msg["secret"]) != 16:
+        raise FirmwareError("replace: a 16-byte secret")
+    return msg
 
 
 def iommu_entry(domid: int, pfn: int, writable: bool) -> int:

@@ -88,16 +88,20 @@ SHUTDOWN_LETTER = {
 
 
 class Virq(enum.IntEnum):
-    """Virtual IRQs (xen.h). TIMER is per-vCPU; CONSOLE and DOM_EXC are global."""
+    """Virtual IRQs (xen.h). TIMER is per-vCPU; CONSOLE, DOM_EXC and DEVICE are
+    global. DEVICE is the model's (not in xen.h): a device's link went down,
+    its replacement came up or it was removed; the hardware domain then asks
+    PHYSDEVOP device_list, as Dom0 asks for pCPU info on VIRQ_PCPU_STATE."""
 
     TIMER = 0
     DEBUG = 1
     CONSOLE = 2
     DOM_EXC = 3
+    DEVICE = 14
 
 
 NR_VIRQS = 24
-GLOBAL_VIRQS = frozenset({Virq.CONSOLE, Virq.DOM_EXC})
+GLOBAL_VIRQS = frozenset({Virq.CONSOLE, Virq.DOM_EXC, Virq.DEVICE})
 
 
 class DomctlCmd(enum.IntEnum):

@@ -13,7 +13,7 @@ from launcher.devspec import (
     resolve_image,
     with_disk_devices,
 )
-from launcher.host import device_arg
+from launcher.firmware import device_arg
 from launcher.hostspec import ConfigError, DiskSpec, DomainSpec, HostSpec, default_host
 from launcher.hostspec import parse_host_toml as toml
 
@@ -48,6 +48,8 @@ def test_device_spec_rules() -> None:
         ({"name": "disk0", "image": "/x", "fail_rate": 1.5}, "fail_rate"),
         ({"name": "disk0", "image": "/x", "fail_rate": "high"}, "fail_rate"),
         ({"name": "disk0", "image": "/x", "seed": -1}, "seed"),
+        ({"name": "disk0", "image": "/x", "on_crash": "retry"}, "on_crash"),
+        ({"name": "disk0", "image": "/x", "on_crash": 1}, "on_crash"),
         ({"name": "disk0", "image": 3}, "image"),
         ({"name": 3, "image": "/x"}, "name"),
     ]:
@@ -61,9 +63,11 @@ def test_device_spec_rules() -> None:
 def test_device_tables_in_toml() -> None:
     spec = toml('[[device]]\nname = "slow"\nimage = "d1.img"\nlatency = "hdd"\n'
                 '[[device]]\nname = "flaky"\nkind = "disk"\nimage = "/srv/f.img"\n'
-                'fail_rate = 0.01\nseed = 3\n')
+                'fail_rate = 0.01\nseed = 3\non_crash = "fail"\n')
     assert spec.devices == (DeviceSpec("slow", image="d1.img", latency="hdd"),
-                            DeviceSpec("flaky", image="/srv/f.img", fail_rate=0.01, seed=3))
+                            DeviceSpec("flaky", image="/srv/f.img", fail_rate=0.01, seed=3,
+                                       on_crash="fail"))
+    assert spec.devices[0].on_crash == "wait"  # the default: keep what a dead device held
     # a relative image stays relative in the description: the launcher resolves it
     assert spec.devices[0].image == "d1.img"
 

@@ -45,7 +45,7 @@ def test_every_example_parses_and_expands(path):
 
 def test_expectations_of_the_scenarios():
     assert load_scenario(EXAMPLES / "kill-dom0.toml").expect == "recovery"  # Dom0 restarts
-    assert load_scenario(EXAMPLES / "kill-disk-device.toml").expect == "no-recovery"
+    assert load_scenario(EXAMPLES / "kill-disk-device.toml").expect == "recovery"
     assert load_scenario(EXAMPLES / "hypervisor-crash.toml").expect == "host-reboot"
 
 

@@ -15,6 +15,19 @@ Rules:
 5. The device is not trusted: a completion with an id we never issued is
    counted and dropped; a lying rsp_prod halts the driver and fails every
    command in flight.
+6. Link down and reset (hypervisor.public.platform rule 6). Every command
+   stays in `cmds` until it completes. When Xen says the device is gone,
+   the completions it left in the ring are taken (its last IRQ may be
+   lost), the info page is zeroed (nothing is trusted until a new init),
+   and the commands the device still held are failed with DiskStatus.error
+   at once (`on_crash = "fail"`) or kept (`"wait"`); commands submitted
+   meanwhile wait. When a replacement is up, the driver re-initialises the
+   queue pair (SHARED_RING_INIT), reconnects its MMIO, sends "init", and
+   the info page's interrupt re-submits every command still pending, in
+   submission order (a kept command may thus run twice, as after a
+   controller reset). A removed device halts the driver: everything
+   pending fails. Like a controller reset, the run-time latency and fault
+   switches are lost.
 """
 
 import itertools
@@ -37,6 +50,7 @@ from hypervisor.public.diskdev import (
     DiskStatus,
     encode_mmio,
     pack_command,
+    unpack_command_header,
     unpack_completion,
     unpack_info,
 )
@@ -56,13 +70,18 @@ class DiskStatistics:
     doorbells: int
     irqs: int
     unknown_completions: int
+    resets: int  # replacements of the device this driver re-initialised
+    failed_by_crash: int  # commands failed because the device died (on_crash "fail")
     ring: RingStatistics
 
 
 class DiskDriver:
     def __init__(self, kernel, dev: dict, ctx: zmq.Context,
-                 ring_pages: int = DISK_RING_PAGES) -> None:
+                 ring_pages: int = DISK_RING_PAGES, on_crash: str = "wait") -> None:
         self.k, self.name, self.irq = kernel, dev["name"], dev["irq"]
+        self.on_crash = on_crash  # rule 6: "fail" or "wait"
+        self.generation = dev.get("generation", 0)
+        self.link = "up"  # "down" between the device's death and its replacement
         self.ring_pfns = kernel.frames.alloc_contiguous(ring_pages)
         self.info_pfn = kernel.frames.alloc()
         first = self.ring_pfns[0]
@@ -73,21 +92,81 @@ class DiskDriver:
         self.info: dict | None = None
         self.error = ""
         self.inflight: dict[int, Callback | None] = {}
+        self.cmds: dict[int, bytes] = {}  # every command not yet completed (rule 6)
         self.waiting: deque[bytes] = deque()
         self._ids = itertools.count(1)
         self.submitted = self.completed = self.errors = self.doorbells = self.irqs = 0
-        self.unknown = 0
+        self.unknown = self.resets = self.failed_by_crash = 0
+        self.down_ns = 0  # when the link last went down
         self.irq_ns = 0  # when the last completion interrupt was handled
         self._connect(dev, ctx)
 
     def _connect(self, dev: dict, ctx: zmq.Context) -> None:
-        self.mmio = ctx.socket(zmq.PUSH)
-        self.mmio.setsockopt(zmq.LINGER, 0)
-        self.mmio.connect(dev["mmio"])
+        self.ctx, self.mmio_addr = ctx, dev["mmio"]
+        self._open_mmio()
         self.port = self.k.evtchn.bind_pirq(self.irq)
         self.k.evtchn.on(self.port, self._on_irq)
+        self._init()
+
+    def _open_mmio(self) -> None:
+        self.mmio = self.ctx.socket(zmq.PUSH)
+        self.mmio.setsockopt(zmq.LINGER, 0)
+        self.mmio.connect(self.mmio_addr)
+
+    def _init(self) -> None:
         self.send_mmio("init", ring_bfn=self.ring_pfns[0], ring_pages=len(self.ring_pfns),
                        info_bfn=self.info_pfn)
+
+    # ---- link down, reset, removal (rule 6) ---------------------------------
+
+    def device_changed(self, dev: dict) -> None:
+        """Xen's device_list entry for us, after VIRQ_DEVICE."""
+        state, generation = dev.get("state"), dev.get("generation", 0)
+        if self.error:
+            return
+        if state == "removed":
+            self.link_down()
+            self._halt("the device was removed")
+        elif generation > self.generation:
+            self.link_down()  # the death and the replacement may come in one upcall
+            if state == "up":
+                self.reset(generation)
+        elif state == "dead":
+            self.link_down()
+
+    def link_down(self) -> None:
+        if self.link == "down":
+            return
+        self.link, self.down_ns = "down", time.monotonic_ns()
+        if self.info is not None:  # what it completed before dying counts
+            try:
+                self._take_completions()
+            except RingError:
+                pass
+        self.info = None
+        self.info_page[:] = bytes(PAGE_SIZE)
+        queued = {id_ for id_, _, _ in map(_header, self.waiting)}
+        held = [id_ for id_ in self.cmds if id_ not in queued]
+        if self.on_crash == "fail":
+            for id_ in held:
+                self.failed_by_crash += 1
+                self._complete(id_, 0, DiskStatus.error)
+        print(f"disk {self.name}: link down, {len(held)} commands "
+              f"{'failed' if self.on_crash == 'fail' else 'kept'}, {len(queued)} queued",
+              flush=True)
+
+    def reset(self, generation: int) -> None:
+        """A replacement is up: a fresh queue pair; pending commands go again."""
+        self.generation, self.link = generation, "up"
+        self.resets += 1
+        self.ring.release()
+        self.ring = FrontRing(self.ring_buf, CMD_SIZE)  # SHARED_RING_INIT
+        self.waiting = deque(self.cmds.values())  # submission order; _check_info refills
+        self.mmio.close(0)
+        self._open_mmio()
+        self._init()
+        print(f"disk {self.name}: generation {generation} up, re-init; "
+              f"{len(self.waiting)} commands to submit again", flush=True)
 
     # ---- bring-up --------------------------------------------------------
 
@@ -127,6 +206,9 @@ class DiskDriver:
             self.error = f"device refused init ({info['init_status']})"
             return False
         self.info = info
+        if self.resets:
+            print(f"disk {self.name}: ready again, {len(self.waiting)} commands queued",
+                  flush=True)
         self._refill()
         return True
 
@@ -145,6 +227,7 @@ class DiskDriver:
         segs = [(bus >> PAGE_SHIFT, first, last) for bus, first, last in segments]
         cmd = pack_command(op, id_, sector, segs, flags, nr_sectors)
         self.inflight[id_] = callback
+        self.cmds[id_] = cmd
         self.submitted += 1
         if self.waiting or not self.ready or self.ring.full():
             self.waiting.append(cmd)
@@ -205,6 +288,7 @@ class DiskDriver:
             self.unknown += 1  # rule 5: a device answering for nothing
             return
         callback = self.inflight.pop(id_)
+        self.cmds.pop(id_, None)
         self.completed += 1
         self.errors += status != DiskStatus.ok
         if callback is not None:
@@ -213,6 +297,7 @@ class DiskDriver:
     def _halt(self, why: str) -> None:
         self.error = why
         self.waiting.clear()
+        self.cmds.clear()
         failed, self.inflight = self.inflight, {}
         for callback in failed.values():
             if callback is not None:
@@ -238,16 +323,23 @@ class DiskDriver:
     def statistics(self) -> DiskStatistics:
         return DiskStatistics(self.submitted, self.completed, self.errors, len(self.inflight),
                               len(self.waiting), self.doorbells, self.irqs, self.unknown,
-                              self.ring.statistics())
+                              self.resets, self.failed_by_crash, self.ring.statistics())
 
     def describe(self) -> dict:
         info = dict(self.info or {})
         info.pop("magic", None)
         return {"name": self.name, "irq": self.irq, "port": self.port, "ready": self.ready,
-                "error": self.error, **info,
+                "error": self.error, "link": self.link, "generation": self.generation,
+                "on_crash": self.on_crash, **info,
                 "features": [f.name for f in DiskFeature if f in self.features],
                 "ring_bfn": self.ring_pfns[0], "ring_slots": self.ring.size,
                 "statistics": _as_dict(self.statistics())}
+
+
+def _header(cmd: bytes) -> tuple[int, int, int]:
+    """(id, op, sector) of a packed command."""
+    op, _, _, _, id_, sector = unpack_command_header(cmd)
+    return id_, op, sector
 
 
 def _as_dict(stats: DiskStatistics) -> dict:

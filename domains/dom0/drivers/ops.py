@@ -208,9 +208,17 @@ def build_phys_ops(dom0) -> dict:
         disk(dev).set_latency(str(spec))
         return True
 
+    def phys_on_crash(dev, policy, **_):
+        """What the driver does with the commands a dying device held."""
+        if policy not in ("wait", "fail"):
+            raise ToolstackError("on_crash is wait or fail")
+        disk(dev).on_crash = policy
+        return True
+
     return {"phys_list": phys_list, "phys_info": phys_info, "phys_write": phys_write,
             "phys_read": phys_read, "phys_flush": phys_flush, "phys_submit": phys_submit,
             "phys_fault": phys_fault, "phys_latency": phys_latency,
+            "phys_on_crash": phys_on_crash,
             "phys_map_grant": phys_map_grant, "phys_unmap_grant": phys_unmap_grant}
 
 
