@@ -30,7 +30,7 @@ DISK_MODES = ("eio", "hang", "none", "die")
 ROGUE_OPS = ("connect", "bad-requests", "revoke-grant", "flood", "corrupt-index")
 EXPECTS = ("recovery", "host-reboot", "no-recovery")
 RANDOM_KINDS = ("kill-domu", "stop-domu", "stop-dom0", "stop-device", "disk-hang", "disk-eio",
-                "latency", "kill-hypervisor")
+                "latency", "kill-device", "kill-dom0", "kill-hypervisor")
 DOM0 = "Domain-0"
 
 
@@ -79,7 +79,7 @@ class RandomSpec:
     start: float = 1.0
     interval: tuple[float, float] = (0.3, 1.0)
     hold: tuple[float, float] = (0.2, 0.8)
-    kinds: tuple[str, ...] = RANDOM_KINDS[:-1]
+    kinds: tuple[str, ...] = RANDOM_KINDS[:7]  # the kinds that never end a run early
     targets: tuple[str, ...] = ()  # DomUs; default: every writer's domain
 
 
@@ -350,6 +350,8 @@ def _random_faults(sc: Scenario, rng: random.Random, devices: dict[str, str]) ->
             "disk-hang": FaultSpec("disk", f"device:{dom}", mode="hang", hold=hold),
             "disk-eio": FaultSpec("disk", f"device:{dom}", mode="eio", rate=0.3, hold=hold),
             "latency": FaultSpec("latency", f"device:{dom}", spec="fixed:20000", hold=hold),
+            "kill-device": FaultSpec("kill", f"device:{dom}"),
+            "kill-dom0": FaultSpec("kill", DOM0),  # Xen allows 2 restarts in 30 s
             "kill-hypervisor": FaultSpec("kill", "hypervisor", expect="host-reboot"),
         }[kind]
         out.append(_make(spec, round(t, 3), _resolve(spec.target, devices),
