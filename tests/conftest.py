@@ -120,3 +120,26 @@ def xenolab(*args, check=True, **kw) -> subprocess.CompletedProcess:
         raise AssertionError(f"xenolab {' '.join(args)} failed: {proc.stderr}")
     return proc
 
+
+
+def boot_blk_guest(make_host, agent, tmp_path, cmdline: str = ""):
+    """A host whose one guest `g` (the agent kernel) has an 8 MiB raw disk
+    served by device `disk0`; returns (host, agent client, image path) once
+    blkfront is connected."""
+    from launcher.devspec import DeviceSpec
+    from launcher.xlcfg import parse_disk_spec
+    img = tmp_path / "g.img"
+    img.write_bytes(bytes(8 << 20))
+    disk = parse_disk_spec(f"{img},raw,xvda,rw")
+    spec = HostSpec(name="t", domains=(DomainSpec(name="g", memory_mib=16, disks=(disk,),
+                                                  kernel="tests.kernels.agent",
+                                                  cmdline=cmdline),),
+                    devices=(DeviceSpec(name="disk0", image=str(img)),))
+    h = make_host(spec)
+    g = agent(h, "g")
+    for _ in range(300):  # each probe is a round trip through the guest
+        if g("blk_connected"):
+            break
+    else:
+        raise AssertionError("blkfront never connected")
+    return h, g, img

@@ -7,29 +7,12 @@ import psutil
 import pytest
 
 from launcher import rundir
-from launcher.devspec import DeviceSpec
-from launcher.hostspec import DomainSpec, HostSpec
-from launcher.xlcfg import parse_disk_spec
+from tests.conftest import boot_blk_guest
 
 
 @pytest.fixture
 def blk_host(make_host, agent, tmp_path, request):
-    img = tmp_path / "g.img"
-    img.write_bytes(bytes(8 << 20))
-    disk = parse_disk_spec(f"{img},raw,xvda,rw")
-    cmdline = getattr(request, "param", "")
-    spec = HostSpec(name="t", domains=(DomainSpec(name="g", memory_mib=16, disks=(disk,),
-                                                  kernel="tests.kernels.agent",
-                                                  cmdline=cmdline),),
-                    devices=(DeviceSpec(name="disk0", image=str(img)),))
-    h = make_host(spec)
-    g = agent(h, "g")
-    for _ in range(300):  # each probe is a round trip through the guest
-        if g("blk_connected"):
-            break
-    else:
-        raise AssertionError("blkfront never connected")
-    return h, g, img
+    return boot_blk_guest(make_host, agent, tmp_path, getattr(request, "param", ""))
 
 
 def test_read_after_write_lands_at_the_right_offset(blk_host):

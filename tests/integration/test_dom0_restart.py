@@ -17,11 +17,9 @@ import pytest
 from hypervisor.core import DOM0_RESTART_BURST
 from hypervisor.main import EXIT_CRASH
 from launcher import rundir
-from launcher.devspec import DeviceSpec
 from launcher.guestshell import GuestShell
-from launcher.hostspec import DomainSpec, HostSpec, parse_host_toml
-from launcher.xlcfg import parse_disk_spec
-from tests.conftest import agent_domain
+from launcher.hostspec import parse_host_toml
+from tests.conftest import agent_domain, boot_blk_guest
 from tests.kernels.agent import stream_sector
 
 
@@ -42,20 +40,7 @@ def kill_dom0_pid(h, pid: int) -> int:
 
 @pytest.fixture
 def blk_host(make_host, agent, tmp_path):
-    img = tmp_path / "g.img"
-    img.write_bytes(bytes(8 << 20))
-    disk = parse_disk_spec(f"{img},raw,xvda,rw")
-    spec = HostSpec(name="t", domains=(DomainSpec(name="g", memory_mib=16, disks=(disk,),
-                                                  kernel="tests.kernels.agent"),),
-                    devices=(DeviceSpec(name="disk0", image=str(img)),))
-    h = make_host(spec)
-    g = agent(h, "g")
-    for _ in range(300):  # each probe is a round trip through the guest
-        if g("blk_connected"):
-            break
-    else:
-        raise AssertionError("blkfront never connected")
-    return h, g, img
+    return boot_blk_guest(make_host, agent, tmp_path)
 
 
 def test_idle_dom0_killed_comes_back_and_the_guest_keeps_its_disk(blk_host):
