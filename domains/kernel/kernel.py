@@ -170,20 +170,23 @@ class Kernel:
         if self.xen.upcall:
             self.xen.flush()
             return
-        trace.begin(trace.KERNEL_BLOCK)
+        if trace.on:
+            trace.begin(trace.KERNEL_BLOCK)
         self.xen.block_async()  # carries the posted calls
         self.xen.flush()
         self.idle_blocks += 1
         if not self.readers:
             self.xen.wait()  # a DomU: nothing but Xen can wake us
-            trace.end(trace.KERNEL_WAKE)
+            if trace.on:
+                trace.end(trace.KERNEL_WAKE)
             return
         for sock, _ in self.poller.poll():
             if sock is self.xen.sock:
                 self.xen.drain()
             else:
                 self.readers[sock]()
-        trace.end(trace.KERNEL_WAKE)
+        if trace.on:
+            trace.end(trace.KERNEL_WAKE)
         if self.armed_ns and self.armed_ns <= time.monotonic_ns():
             self.armed_ns = 0  # the one-shot timer has fired
 

@@ -27,6 +27,7 @@ from domains.xenolinux.abi import (
     O_SYNC,
     O_TRUNC,
     O_WRONLY,
+    SYSCALLS,
     Syscall,
 )
 
@@ -146,5 +147,4 @@ def _wrapper(name: str):
 
 
 def _wrappers() -> dict:
-    from domains.xenolinux.abi import SYSCALLS
     return {name: _wrapper(name) for name in SYSCALLS}

@@ -11,7 +11,7 @@ calling process's own tables and returns Xen's answer as -errno:
 
 import errno
 
-from domains.kernel.mmu import MmuBatch, MmuError, pte_ptr
+from domains.kernel.mmu import MmuBatch, MmuError, pfn_to_mfn, pte_ptr
 from hypervisor.public.mmu import (
     _PAGE_PRESENT,
     _PAGE_RW,
@@ -36,21 +36,17 @@ def _request(k, mm, kind: str) -> tuple[int, int]:
     slot = PROBE_VA >> L2_PAGETABLE_SHIFT
     if kind == "xen-slot":
         xen_slot = HYPERVISOR_VIRT_START >> L2_PAGETABLE_SHIFT
-        l1_mfn = aspace.l2_mfn if slot not in l1s else mm_mfn(k, l1s[slot])
+        l1_mfn = aspace.l2_mfn if slot not in l1s else pfn_to_mfn(k, l1s[slot])
         return pte_ptr(aspace.l2_mfn, xen_slot + 1), make_pte(l1_mfn, USER_RW)
     if slot not in l1s:
         raise OSError(errno.EFAULT, "no L1 table to probe with")
-    l1_mfn = mm_mfn(k, l1s[slot])
+    l1_mfn = pfn_to_mfn(k, l1s[slot])
     index = (PROBE_VA >> 12) & 0x3FF
     if kind == "foreign-frame":
         return pte_ptr(l1_mfn, index), make_pte(_foreign_mfn(k), _PAGE_PRESENT | _PAGE_USER)
     if kind == "writable-pagetable":
         return pte_ptr(l1_mfn, index), make_pte(aspace.l2_mfn, USER_RW)
     raise OSError(errno.EINVAL, f"unknown probe {kind!r}")
-
-
-def mm_mfn(k, pfn: int) -> int:
-    return k.boot["mfn_base"] + pfn
 
 
 def probe(k, mm, kind: str) -> int:

@@ -54,7 +54,6 @@ class Pcb:
     pending: set[int] = field(default_factory=set)  # signals not yet acted on
     cpu_ns: int = 0
     started_ns: int = 0
-    wakeup: object = None  # how to interrupt its sleep (set while BLOCKED)
     task: object = None  # the system call in progress (a Task), if it sleeps
     task_req: object = None
     task_result: tuple | None = None

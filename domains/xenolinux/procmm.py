@@ -143,35 +143,21 @@ class ProcessMemory:
         self.aspace.flush()
         self.faults += 1
 
-    def access(self, va: int, write: bool) -> int:
-        """Guest-physical byte address of user `va`, faulting pages in."""
-        for _ in range(2):
-            try:
-                return self.cpu.translate(va, write=write, user=True)
-            except self.cpu.PageFault as pf:
-                self.fault(va, write, pf.reason)
-        raise Segfault(va, write, "fault not resolved")
-
     def load(self, va: int, n: int) -> bytes:
-        out = bytearray()
-        while n > 0:
-            if not 0 <= va < 1 << 32:
-                raise Segfault(va, False, "not a 32-bit address")
-            chunk = min(n, PAGE_SIZE - (va & (PAGE_SIZE - 1)))
-            pa = self.access(va, write=False)
-            out += self.k.mem[pa:pa + chunk]
-            va, n = va + chunk, n - chunk
-        return bytes(out)
+        return self._faulting(lambda: self.cpu.load(va, n), va, n, False)
 
     def store(self, va: int, data: bytes) -> None:
-        view = memoryview(bytes(data))
-        while view:
-            if not 0 <= va < 1 << 32:
-                raise Segfault(va, True, "not a 32-bit address")
-            chunk = min(len(view), PAGE_SIZE - (va & (PAGE_SIZE - 1)))
-            pa = self.access(va, write=True)
-            self.k.mem[pa:pa + chunk] = view[:chunk]
-            va, view = va + chunk, view[chunk:]
+        self._faulting(lambda: self.cpu.store(va, data), va, len(data), True)
+
+    def _faulting(self, access, va: int, n: int, write: bool):
+        """Run a load or store, handling each page fault it takes, as a CPU
+        re-executes the instruction after the fault handler (one per page)."""
+        for _ in range(n // PAGE_SIZE + 3):
+            try:
+                return access()
+            except self.cpu.PageFault as pf:
+                self.fault(pf.va, pf.write, pf.reason)
+        raise Segfault(va, write, "fault not resolved")
 
     def destroy(self) -> None:
         self.aspace.destroy()

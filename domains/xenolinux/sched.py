@@ -200,7 +200,7 @@ class Scheduler:
             (value,), p.task, p.task_result = p.task_result, None, None
             return self._ret(p, p.task_req, value)
         if p.state is State.RUNNABLE:
-            p.state, p.wakeup = State.BLOCKED, p.task
+            p.state = State.BLOCKED
             T.stamp(T.PROC_BLOCK, p.syscall_id, p.pid, 0, p.task_req.name)
         return None
 
@@ -208,7 +208,7 @@ class Scheduler:
         """A wait of p's system call is over: p becomes runnable (wake_up)."""
         if p.state is not State.BLOCKED:
             return
-        p.pending_step, p.wakeup = (value, exc), None
+        p.pending_step = (value, exc)
         T.stamp(T.PROC_WAKE, p.syscall_id, p.pid, 0, p.name)
         p.state = State.RUNNABLE
         self.runq.append(p)
@@ -221,15 +221,15 @@ class Scheduler:
             return
         p.pending.add(sig)
         T.stamp(T.SIGNAL, p.trace_id, p.pid, sig, p.name)
-        if p.state is State.BLOCKED and p.wakeup is not None:
-            p.wakeup.interrupt()  # EINTR: it dies on its way back to user mode
+        if p.state is State.BLOCKED and p.task is not None:
+            p.task.interrupt()  # EINTR: it dies on its way back to user mode
         # A runnable process dies when next picked (rule 4); a process in a
         # block I/O (not interruptible) dies when the I/O has finished.
 
     def exit(self, p: Pcb, status: int) -> None:
         if not p.alive:
             return
-        p.state, p.status, p.wakeup = State.ZOMBIE, status, None
+        p.state, p.status = State.ZOMBIE, status
         T.stamp(T.PROC_EXIT, p.trace_id, p.pid, status, p.name)
         try:
             p.coro.close()

@@ -15,30 +15,19 @@ Rules:
 
 import errno
 import posixpath
-from dataclasses import dataclass
 
 from domains.xenolinux import abi
+from domains.xenolinux.fs.ext2 import Stat
 from domains.xenolinux.task import Mutex
 
 S_IFMT, S_IFDIR, S_IFREG, S_IFCHR = 0o170000, 0o040000, 0o100000, 0o020000
 
 
+_DEV_STAT = Stat(0, S_IFCHR | 0o666, 1, 0, 0, 0, 0, 0, 0, 0)  # what stat says of /dev/*
+
+
 def is_dir(mode: int) -> bool:
     return mode & S_IFMT == S_IFDIR
-
-
-@dataclass(frozen=True)
-class DevStat:
-    ino: int
-    mode: int
-    nlink: int = 1
-    uid: int = 0
-    gid: int = 0
-    size: int = 0
-    atime: int = 0
-    mtime: int = 0
-    ctime: int = 0
-    blocks: int = 0
 
 
 class CharDevice:
@@ -187,14 +176,14 @@ class Vfs:
 
     def fstat(self, f: OpenFile):
         if f.dev is not None:
-            return DevStat(0, S_IFCHR | 0o666)
+            return _DEV_STAT
         return (yield from self._locked(self.fs.stat(f.ino)))
 
     # ---- names -----------------------------------------------------------
 
     def stat(self, cwd: int, cwd_path: str, path: str):
         if self._device(self.absolute(cwd_path, path)) is not None:
-            return DevStat(0, S_IFCHR | 0o666)
+            return _DEV_STAT
         return (yield from self._locked(self._stat(cwd, path)))
 
     def _stat(self, cwd: int, path: str):
