@@ -110,6 +110,7 @@ def _read_until(stream, marker: bytes, timeout: float) -> bytes:
             if not chunk:
                 break
             seen += chunk
+    assert marker in seen, f"{marker!r} not shown within {timeout} s: {seen[-300:]!r}"
     return seen
 
 
@@ -119,12 +120,13 @@ def test_xl_console_shows_output_takes_input_and_detaches(make_host):
     h = make_host(default_host())
     proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "xl", "console", "d1",
                              "--host", h.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    out = _read_until(proc.stdout, b"/ # ", timeout=30)  # the user waits for the prompt
     proc.stdin.write(b"echo hello xen\n")  # to d1's shell
     proc.stdin.flush()
-    out = _read_until(proc.stdout, b"\nhello xen", timeout=30)
+    out += _read_until(proc.stdout, b"\nhello xen\r\n", timeout=30)
     proc.stdin.write(b"\x1d")  # Ctrl-] detaches, once the user has seen the echo
     proc.stdin.close()
     out = (out + proc.stdout.read()).decode()
     proc.stdout.close()
     assert proc.wait(10) == 0
-    assert "xenbus: connected to xenstore" in out and "\nhello xen" in out
+    assert "xenbus: connected to xenstore" in out and "\nhello xen\r\n" in out
