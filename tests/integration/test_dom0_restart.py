@@ -5,6 +5,7 @@ the toolstack and blkback take up what the run directory says, and each
 blkfront reconnects and re-issues its in-flight requests.
 """
 
+import json
 import os
 import pathlib
 import signal
@@ -182,3 +183,29 @@ def test_a_guest_that_crashed_while_dom0_was_down_gets_its_on_crash(make_host):
     assert h["a1"]["domid"] != a1["domid"]
     assert h["a2"]["pid"] == a2["pid"]
     assert f"domain {a1['domid']} (a1) crash: restart" in h.xl("dmesg").decode()
+
+
+def test_a_restart_the_dead_dom0_began_is_finished_by_the_new_one(make_host):
+    """Killed between destroying the old domain and creating the new one:
+    the pending-restart record in the run directory finishes the job."""
+    h = make_host(None, agent_domain("a1", on_crash="restart"))
+    libxl = pathlib.Path(h.dir) / "libxl"
+    record = json.loads((libxl / f"{h['a1']['domid']}.json").read_text())
+    h.xl("destroy", dom="a1")
+    (libxl / "pending-a1.json").write_text(json.dumps(record["spec"]))
+    kill_dom0(h)
+    h.xl("wait_booted", doms=["a1"], timeout_ms=10_000)
+    assert "finishing the restart of a1" in h.xl("dmesg").decode()
+    assert not (libxl / "pending-a1.json").exists()
+
+
+def test_the_crash_loop_history_survives_a_dom0_restart(make_host):
+    h = make_host(None, agent_domain("a1", on_crash="restart"))
+    libxl = pathlib.Path(h.dir) / "libxl"
+    now = time.monotonic()
+    (libxl / "restarts.json").write_text(json.dumps({"a1": [now - 1.0] * 5}))
+    kill_dom0(h)  # the new toolstack reads the history
+    a1 = h["a1"]
+    os.kill(a1["pid"], signal.SIGKILL)
+    wait_for(lambda: "a1 restarts too fast" in h.xl("dmesg").decode(), what="crash-loop stop")
+    assert "a1" not in [d["name"] for d in h.xl("list")]

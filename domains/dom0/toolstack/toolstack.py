@@ -9,10 +9,12 @@ Rules:
    find what it was running: a restarted Domain-0 takes those records up
    (`take_over`), re-attaches the consoles and applies the actions of
    domains that stopped meanwhile; a domain without a record (a create the
-   dead Domain-0 never finished) is destroyed.
+   dead Domain-0 never finished) is destroyed; a restart it began (old
+   domain destroyed, new one not yet created) is finished; the shutdown
+   events already handled and the crash-loop history are kept too
+   (domains.dom0.toolstack.records).
 """
 
-import glob
 import json
 import os
 import re
@@ -20,6 +22,7 @@ import time
 import traceback
 
 from domains.dom0.toolstack import builder
+from domains.dom0.toolstack.records import Records
 from hypervisor.public.xen import DomctlCmd, Hypercall, ShutdownReason, SysctlCmd
 
 ACTIONS = ("destroy", "restart", "rename-restart", "preserve", "coredump-destroy",
@@ -64,10 +67,9 @@ class Toolstack:
         self.k = dom0.kernel
         self.specs: dict[int, dict] = {}
         self.handled: set[tuple[int, str]] = set()
-        self.dir = os.path.join(self.k.rundir, "libxl")
-        os.makedirs(self.dir, exist_ok=True)
+        self.records = Records(os.path.join(self.k.rundir, "libxl"))
         self.listeners: list = []  # called after any domain change
-        self.restarts: dict[str, list[float]] = {}
+        self.restarts: dict[str, list[float]] = self.records.restart_history()
         dom0.xs.watch("@releaseDomain", "toolstack", lambda *_: self._reconcile_logged())
 
     # ---- queries -------------------------------------------------------
@@ -94,7 +96,7 @@ class Toolstack:
             raise ToolstackError(f"domain '{spec['name']}' already exists")
         built = builder.create(self.dom0, spec)
         self.specs[built.domid] = spec
-        self._save(built.domid, spec)
+        self.records.save(built.domid, spec)
         if not paused:
             self.domctl(DomctlCmd.unpausedomain, built.domid)
         self.k.console_io(f"toolstack: created {spec['name']} as domain {built.domid}")
@@ -106,7 +108,7 @@ class Toolstack:
             raise ToolstackError("cannot destroy Domain-0")
         builder.destroy(self.dom0, domid)
         self.specs.pop(domid, None)
-        self._forget(domid)
+        self.records.forget(domid)
         self._changed()
 
     def request_shutdown(self, domid: int, reason: str) -> None:
@@ -123,18 +125,20 @@ class Toolstack:
     def take_over(self) -> None:
         """Rule 3: the toolstack of a restarted Domain-0."""
         infos = {i["domid"]: i for i in self.infos()}
-        for path in sorted(glob.glob(os.path.join(self.dir, "*.json"))):
+        for path in self.records.domain_files():
             try:
                 with open(path) as f:
                     rec = json.load(f)
                 domid, spec = int(rec["domid"]), validate_spec(rec["spec"])
+                handled = {(domid, str(r)) for r in rec.get("handled", [])}
             except (OSError, ValueError, KeyError, TypeError, ToolstackError) as exc:
                 self.k.console_io(f"toolstack: bad record {os.path.basename(path)}: {exc}")
                 continue
             if domid not in infos or infos[domid]["state"] == "dying":
-                self._forget(domid)
+                self.records.forget(domid)
                 continue
             self.specs[domid] = spec
+            self.handled |= handled
             port = self.dom0.xs.try_read(f"/local/domain/{domid}/console/port")
             try:
                 self.dom0.consoled.attach(domid, spec["name"], int(port or 0), resume=True)
@@ -145,7 +149,22 @@ class Toolstack:
                 self.k.console_io(f"toolstack: domain {domid} has no record: destroyed")
                 builder.destroy(self.dom0, domid)
         self.k.console_io(f"toolstack: took over {len(self.specs)} domains")
+        self._finish_restarts()
         self.reconcile()
+
+    def _finish_restarts(self) -> None:
+        """Restarts the dead Domain-0 began: the old domain is gone, create the new."""
+        names = {i["name"] for i in self.infos()}
+        for raw in self.records.pending_restarts():
+            try:
+                spec = validate_spec(raw)
+            except ToolstackError as exc:
+                self.k.console_io(f"toolstack: bad pending restart: {exc}")
+                continue
+            if spec["name"] not in names:
+                self.k.console_io(f"toolstack: finishing the restart of {spec['name']}")
+                self.create(spec)
+            self.records.end_restart(spec["name"])
 
     # ---- reacting to Xen -----------------------------------------------
 
@@ -164,7 +183,7 @@ class Toolstack:
             info = infos.get(domid)
             if info is None:
                 self.specs.pop(domid, None)
-                self._forget(domid)
+                self.records.forget(domid)
             elif info["state"] in ("shutdown", "crashed"):
                 self._apply(domid, info)
         self._changed()
@@ -180,32 +199,26 @@ class Toolstack:
         action = spec[key]
         self.k.console_io(f"toolstack: domain {domid} ({spec['name']}) {reason}: {action}")
         if action == "preserve":
+            self.records.save(domid, spec, [r for d, r in self.handled if d == domid])
             return
+        restart = action.endswith("restart") and self._may_restart(spec["name"])
+        if restart:  # before the destroy: a Domain-0 killed in between finishes it
+            self.records.begin_restart(spec)
         self.destroy(domid)
-        if action.endswith("restart") and self._may_restart(spec["name"]):
+        if restart:
             self.create(spec)
+            self.records.end_restart(spec["name"])
 
     def _may_restart(self, name: str) -> bool:
         """Stop a crash loop: at most RESTART_BURST restarts per RESTART_WINDOW_S."""
         now = time.monotonic()
         recent = [t for t in self.restarts.get(name, []) if now - t < RESTART_WINDOW_S]
         self.restarts[name] = recent + [now]
+        self.records.save_restart_history(self.restarts)
         if len(recent) >= RESTART_BURST:
             self.k.console_io(f"toolstack: {name} restarts too fast; left destroyed")
             return False
         return True
-
-    def _save(self, domid: int, spec: dict) -> None:
-        path = os.path.join(self.dir, f"{domid}.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump({"domid": domid, "spec": spec, "created": time.time()}, f)
-        os.replace(path + ".tmp", path)
-
-    def _forget(self, domid: int) -> None:
-        try:
-            os.unlink(os.path.join(self.dir, f"{domid}.json"))
-        except FileNotFoundError:
-            pass
 
     def _changed(self) -> None:
         for cb in list(self.listeners):
