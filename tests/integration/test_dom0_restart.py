@@ -209,3 +209,47 @@ def test_the_crash_loop_history_survives_a_dom0_restart(make_host):
     os.kill(a1["pid"], signal.SIGKILL)
     wait_for(lambda: "a1 restarts too fast" in h.xl("dmesg").decode(), what="crash-loop stop")
     assert "a1" not in [d["name"] for d in h.xl("list")]
+
+
+def _connected_client(host: str):
+    from launcher.client import ToolstackClient
+    c = ToolstackClient(host, check_running=False)
+    c.call("list")  # connected (ZMTP handshake done) before Domain-0 is stopped
+    return c
+
+
+def _call_in_thread(c, op: str, **args):
+    """c.call(op) on its own thread, once sent -> (thread, outcome list)."""
+    import threading
+
+    from launcher.rundir import HostError
+    out: list = []
+    sent = c.next_id + 1
+
+    def run():
+        with c:
+            try:
+                out.append(c.call(op, **args))
+            except HostError as exc:
+                out.append(exc)
+    t = threading.Thread(target=run)
+    t.start()
+    wait_for(lambda: c.next_id == sent, what=f"'{op}' sent")  # numbered just before sending
+    return t, out
+
+
+def test_xl_requests_in_flight_when_dom0_dies(make_host):
+    """A read-only request is asked again of the new Domain-0; a changing one
+    fails in one line instead of waiting out its timeout."""
+    h = make_host(None, agent_domain("a1"))
+    dom0 = h["Domain-0"]["pid"]
+    rc, wc = _connected_client(h.name), _connected_client(h.name)
+    os.kill(dom0, signal.SIGSTOP)  # both requests reach a Domain-0 that never answers
+    reader, got = _call_in_thread(rc, "list")
+    writer, failed = _call_in_thread(wc, "pause", dom="a1")
+    kill_dom0_pid(h, dom0)
+    reader.join(30)
+    writer.join(30)
+    assert [d["name"] for d in got[0]][:2] == ["Domain-0", "a1"]
+    assert "Domain-0 restarted while handling 'pause'" in str(failed[0])
+    assert h["a1"]["state"] != "paused"

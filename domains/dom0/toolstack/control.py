@@ -48,9 +48,11 @@ class ControlServer:
             if len(frames) == 2:
                 self._handle(frames[0], frames[1])
 
-    def _handle(self, ident: bytes, raw: bytes) -> None:
+    def _handle(self, routing_id: bytes, raw: bytes) -> None:
+        ident: tuple = (routing_id, None)  # + the request's id, echoed in the reply
         try:
             req = msgpack.unpackb(raw, raw=False)
+            ident = (routing_id, req.get("id"))
             op, args = req["op"], req.get("args") or {}
             fn = self.ops.get(op)
             if fn is None:
@@ -68,11 +70,16 @@ class ControlServer:
         else:
             self.reply(ident, True, result)
 
-    def reply(self, ident: bytes, ok: bool, payload) -> None:
-        key = "result" if ok else "error"
-        self.sock.send_multipart([ident, msgpack.packb({"ok": ok, key: payload})])
+    def reply(self, ident: tuple, ok: bool, payload) -> None:
+        """`ident` is (routing id, request id): a client that sent a request
+        again (Domain-0 restarted) tells the replies apart by the id."""
+        routing_id, rid = ident
+        msg = {"ok": ok, "result" if ok else "error": payload}
+        if isinstance(rid, int):
+            msg["id"] = rid
+        self.sock.send_multipart([routing_id, msgpack.packb(msg)])
 
-    def park(self, ident: bytes, wait: "Wait") -> None:
+    def park(self, ident: tuple, wait: "Wait") -> None:
         deadline = time.monotonic_ns() + min(wait.timeout_ms, MAX_WAIT_MS) * 1_000_000
         p = Parked(ident, wait.check, deadline)
         if not self._try(p, False):
