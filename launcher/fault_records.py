@@ -207,3 +207,39 @@ class WriterLog:
                 "batches_unanswered": n["w"] - n["ack"] - n["fail"],
                 "records_issued": count(self.issued), "records_acked": count(self.acked),
                 "writer_starts": n["start"]}
+
+
+# ---- the block load's console lines (domains/xenolinux/bin/blkload) ----------------
+
+LOAD_RE = re.compile(r"blkload (\S+) (start|ops) ([\d ]+?) (\d+)$")
+
+
+@dataclass
+class LoadLog:
+    """What one blkload did: totals over its runs (a restart counts from 0 again)."""
+
+    dom: str
+    path: str
+    starts: int = 0
+    done: dict[str, int] = field(default_factory=lambda: {"reads": 0, "writes": 0, "failed": 0})
+    run: tuple[int, int, int] = (0, 0, 0)  # the current run's totals
+    times: list[int] = field(default_factory=list)  # when each round ended
+
+    def feed(self, line: str) -> bool:
+        """A console line; True if it was this load's."""
+        m = LOAD_RE.search(line.rstrip("\r\n"))
+        if m is None or m[1] != self.path:
+            return False
+        f = [int(x) for x in m[3].split()]
+        if m[2] == "start":
+            self.starts, self.run = self.starts + 1, (0, 0, 0)
+        elif len(f) == 3:
+            for key, old, new in zip(("reads", "writes", "failed"), self.run, f, strict=True):
+                self.done[key] += max(0, new - old)
+            self.run = (f[0], f[1], f[2])
+            self.times.append(int(m[4]))
+        return True
+
+    def statistics(self) -> dict:
+        return {"domain": self.dom, "path": self.path, "starts": self.starts, **self.done,
+                "ops": self.done["reads"] + self.done["writes"]}

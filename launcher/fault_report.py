@@ -51,6 +51,7 @@ def build_report(run, guest: dict, images: dict, fsck: dict, leaks: list[str]) -
         "host": run.name, "expect": run.sc.expect, "fsck_promise": run.sc.fsck,
         "duration_s": _s(run.end_ns - run.t0) if run.t0 else 0.0,
         "faults": faults, "totals": totals, "writers": writers, "fsck": dict(fsck),
+        "loads": [x.statistics() for x in getattr(run, "loads", [])],
         "fsck_status": fsck_status, "host_crashes": crashes,
         "leaks": leaks + [x for c in run.crashes for x in c.leaks],
     }
@@ -139,6 +140,9 @@ def _totals(run, writers: list[dict], lost: int) -> dict:
         gaps += [b - a for a, b in zip(ts, ts[1:], strict=False)]
     totals["acked_records_lost"] = lost
     totals["max_stall_s"] = _s(max(gaps)) if gaps else None
+    loads = [x.statistics() for x in getattr(run, "loads", [])]
+    totals["load_ops"] = sum(x["ops"] for x in loads)
+    totals["load_failed"] = sum(x["failed"] for x in loads)
     return totals
 
 
@@ -191,6 +195,9 @@ def print_report(r: dict, console=None) -> None:
     totals.add_row("batches", str(t["batches_issued"]), str(t["batches_acked"]),
                    str(t["batches_failed"]), str(t["batches_unanswered"]))
     totals.add_row("records", str(t["records_issued"]), str(t["records_acked"]), "", "")
+    for x in r.get("loads", []):
+        totals.add_row(f"blkload {x['domain']}:{x['path']} ops", "", str(x["ops"]),
+                       str(x["failed"]), "")
     console.print(totals)
     lost = t["acked_records_lost"]
     console.print(f"acknowledged records lost: {'[green]0[/]' if not lost else f'[red]{lost}[/]'}"

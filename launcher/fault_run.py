@@ -32,7 +32,7 @@ from pathlib import Path
 
 from launcher import fault_kill, fault_verify, rundir
 from launcher.devspec import check_latency
-from launcher.fault_records import LineSplitter, WriterLog, parse_line, parse_reader, scan
+from launcher.fault_records import LineSplitter, LoadLog, WriterLog, parse_line, parse_reader, scan
 from launcher.fault_report import build_report
 from launcher.fault_rogue import Rogue
 from launcher.fault_scenario import DOM0, Fault, Scenario, actions, expand
@@ -113,6 +113,8 @@ class Runner:
         self.spec = host_spec(sc)
         self.logs = {(w.domain, w.path): WriterLog(w.domain, w.path)
                      for w in sc.workloads if w.program == "writer"}
+        self.loads = [LoadLog(w.domain, w.args[0]) for w in sc.workloads
+                      if w.program == "blkload" and w.args]
         self.h: Host | None = None
         self.xen_fd: int | None = None
         self.tails: dict[str, list] = {}
@@ -293,7 +295,7 @@ class Runner:
 
     def _pump(self) -> None:
         folder = os.path.join(rundir.path(self.name), "console")
-        for dom in {k[0] for k in self.logs}:
+        for dom in {k[0] for k in self.logs} | {x.dom for x in self.loads}:
             tail = self.tails.setdefault(dom, [0, LineSplitter()])
             try:
                 with open(os.path.join(folder, f"{dom}.log"), "rb") as f:
@@ -303,6 +305,8 @@ class Runner:
                 continue
             tail[0] += len(data)
             for line in tail[1].feed(data):
+                if any(x.feed(line) for x in self.loads if x.dom == dom):
+                    continue
                 ev = parse_line(dom, line)
                 if ev is not None and (dom, ev.path) in self.logs:
                     self.logs[dom, ev.path].add(ev)

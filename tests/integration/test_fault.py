@@ -135,6 +135,8 @@ def test_dom0_killed_under_load_restarts_and_nothing_is_lost():
     f = r["faults"][0]
     assert f["expect"] == "recovery" and f["outcome"] == "recovered", f
     assert f["recovery_s"] is not None and not f["stall_open"]
+    (load,) = r["loads"]  # the block load ran beside the writers, through the kill
+    assert load["ops"] > 0 and load["failed"] == 0 and load["starts"] == 1
 
 
 def test_a_killed_disk_device_restarts_and_nothing_is_lost():

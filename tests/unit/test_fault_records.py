@@ -112,3 +112,17 @@ def test_a_writer_that_restarts_below_its_acknowledgements_lost_them():
     bad = events("writer /data start 2 1 1", "writer /data w 1 1 8 2", "writer /data ack 1 8 3",
                  "writer /data start 2 5 5")  # came back with only 4 records intact
     assert bad.lost_on_restart == [(5, 8)]
+
+
+def test_a_block_load_totals_its_runs():
+    from launcher.fault_records import LoadLog
+    log = LoadLog("d2", "/load")
+    lines = ["blkload /load start 7 100", "blkload /load ops 16 16 0 200",
+             "writer /data ack 1 8 250", "blkload /other ops 99 99 0 260",
+             "blkload /load ops 30 34 1 300",
+             "blkload /load start 9 400", "blkload /load ops 5 3 0 500"]
+    mine = [log.feed(x) for x in lines]
+    assert mine == [True, True, False, False, True, True, True]
+    assert log.statistics() == {"domain": "d2", "path": "/load", "starts": 2, "reads": 35,
+                                "writes": 37, "failed": 1, "ops": 72}
+    assert log.times == [200, 300, 500]
