@@ -43,6 +43,7 @@ class Link:
         self.ends: list[FakeNetDevice] = []
         self.queue: list[tuple[FakeNetDevice, bytes, int]] = []
         self.down = False
+        self.dropped = self.duplicated = 0
 
     def carry(self, src: FakeNetDevice, frames) -> None:
         dst = next(d for d in self.ends if d is not src)
@@ -53,8 +54,10 @@ class Link:
 
     def _one(self, dst, frame, gso_size) -> None:
         if self.down or self.rng.random() < self.loss:
+            self.dropped += 1
             return
         n = 2 if self.rng.random() < self.dup else 1
+        self.duplicated += n - 1
         for _ in range(n):
             if self.queue and self.rng.random() < self.reorder:
                 self.queue.insert(self.rng.randrange(len(self.queue)), (dst, frame, gso_size))
@@ -84,7 +87,10 @@ class Pair:
 
     def step(self) -> bool:
         """Deliver one batch of frames, else fire the next timer; False when idle."""
+        busy = any(st._dirty or st._lo for st in (self.a, self.b))  # the application's
         self.flush()
+        if busy:
+            return True
         if self.link.queue:
             batch, self.link.queue = self.link.queue, []
             for dev, frame, gso_size in batch:
@@ -101,9 +107,13 @@ class Pair:
         return True
 
     def run_until(self, cond, max_steps: int = 100_000) -> None:
+        """Step until cond() (which may itself feed the stacks, like an application);
+        fails after max_steps or when three steps in a row find nothing to do."""
+        idle = 0
         for _ in range(max_steps):
             if cond():
                 return
-            if not self.step():
+            idle = 0 if self.step() else idle + 1
+            if idle == 3:
                 break
         assert cond(), "condition not reached"
