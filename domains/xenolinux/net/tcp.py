@@ -7,10 +7,10 @@ Rules:
    received frames gets one ACK and data written by the application leaves in big segments.
 2. Sender: sends what min(peer window, cwnd) allows, in segments of up to `seg_max` bytes
    (one MSS, or up to 64 KiB when the interface does TSO: the NIC or backend cuts them).
-   Retransmission timer per RFC 6298 (Karn's rule, exponential backoff, min 200 ms like
-   Linux rather than RFC's 1 s); on timeout go back to SND.UNA with cwnd = 1 MSS. Fast
-   retransmit on the third duplicate ACK with NewReno's partial-ACK retransmits (RFC 6582),
-   without window inflation. A zero window is probed every RTO with an old-sequence ACK.
+   Retransmission timer and congestion window: tcpcc.py (RFC 6298 with Karn's rule and
+   backoff; fast retransmit on the third duplicate ACK, NewReno partial ACKs). On timeout
+   go back to SND.UNA with cwnd = 1 MSS. A zero window is probed every RTO with an
+   old-sequence ACK (as Linux's tcp_xmit_probe_skb).
 3. Receiver: window = free receive buffer (scaled, RFC 7323, when both sides offer it);
    out-of-order segments are kept and delivered in order; ACK at once for out-of-order,
    gap-filling, PSH or FIN segments and every 2 MSS, otherwise after DELACK_NS.
@@ -23,6 +23,7 @@ import errno
 from typing import Protocol
 
 from domains.xenolinux.net.tcpbuf import MOD, RecvBuffer, SendBuffer, seq_diff, seq_le, seq_lt
+from domains.xenolinux.net.tcpcc import MS, Reno, RtoEstimator
 from domains.xenolinux.net.tcpseg import ACK, FIN, PSH, RST, SYN, Segment, syn_options
 
 CLOSED, LISTEN, SYN_SENT, SYN_RCVD = "CLOSED", "LISTEN", "SYN_SENT", "SYN_RCVD"
@@ -31,10 +32,6 @@ CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT = "CLOSE_WAIT", "CLOSING", "LAST_ACK", 
 SYNCED_RECV = (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2)  # states that accept data
 CAN_SEND = (ESTABLISHED, CLOSE_WAIT)
 
-MS = 1_000_000
-RTO_INITIAL_NS = 1000 * MS
-RTO_MIN_NS = 200 * MS
-RTO_MAX_NS = 60_000 * MS
 DELACK_NS = 40 * MS
 TIME_WAIT_NS = 1000 * MS
 FIN_WAIT2_NS = 10_000 * MS
@@ -86,15 +83,11 @@ class Tcb:
         self.fin_seq: int | None = None  # our FIN's sequence number, once closing
         self.peer_fin: int | None = None  # the peer's FIN's sequence number, once seen
         self.eof = False
-        self.srtt: int | None = None
-        self.rttvar, self.rto = 0, RTO_INITIAL_NS
+        self.rtt = RtoEstimator()
         self.rtt_seq: int | None = None
         self.rtt_ts = 0
         self.retries = 0
-        self.cwnd = 10 * mss
-        self.ssthresh = 1 << 30
-        self.dupacks = 0
-        self.recover: int | None = None
+        self.cc = Reno(mss)
         self.ack_now = False
         self.unacked = 0  # bytes received since our last ACK
         self.rto_at: int | None = None
@@ -123,7 +116,11 @@ class Tcb:
             self.rcv_wscale = self.snd_wscale = 0
             self.offer_wscale = False
         self.snd_wnd, self.snd_wl1 = seg.wnd, seg.seq
-        self.cwnd = 10 * self.mss
+        self.cc = Reno(self.mss)
+
+    @property
+    def rto(self) -> int:
+        return self.rtt.rto
 
     @property
     def seg_max(self) -> int:
@@ -264,16 +261,10 @@ class Tcb:
         wnd = seg.wnd << self.snd_wscale
         if seq_lt(self.snd_una, ack):
             self._new_ack(ack)
-        elif (
-            ack == self.snd_una
-            and not seg.data
-            and not seg.flags & FIN
-            and self.snd_nxt != self.snd_una
-            and wnd == self.snd_wnd
+        elif self._is_dupack(seg, wnd) and self.cc.on_dupack(
+            seq_diff(self.snd_max, self.snd_una), self.snd_max
         ):
-            self.dupacks += 1
-            if self.dupacks == 3:
-                self._fast_retransmit()
+            self._retransmit_one()  # fast retransmit
         if seq_lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and seq_le(self.snd_wl2, ack)):
             if wnd > self.snd_wnd:
                 self.io.tcp_dirty(self)
@@ -281,6 +272,16 @@ class Tcb:
             if wnd:
                 self.persist_at = None
         return True
+
+    def _is_dupack(self, seg: Segment, wnd: int) -> bool:
+        """RFC 5681's duplicate ACK: nothing new, no data, same window, data in flight."""
+        return (
+            seg.ack == self.snd_una
+            and not seg.data
+            and not seg.flags & (SYN | FIN)
+            and self.snd_nxt != self.snd_una
+            and wnd == self.snd_wnd
+        )
 
     def _new_ack(self, ack: int) -> None:
         acked = seq_diff(ack, self.snd_una)
@@ -290,30 +291,14 @@ class Tcb:
         if seq_lt(self.snd_nxt, ack):
             self.snd_nxt = ack
         self._rtt_sample(ack)
-        self.retries, self.dupacks = 0, 0
-        self._grow_cwnd(ack, acked)
+        self.retries = 0
+        if self.cc.on_ack(ack, acked):
+            self._retransmit_one()  # NewReno partial ACK: the next hole
         now = self.io.now()
-        self.rto_at = None if self.snd_nxt == self.snd_una else now + self.rto
+        self.rto_at = None if self.snd_nxt == self.snd_una else now + self.rtt.rto
         self.io.tcp_dirty(self)
         if data_acked:
             self._event()
-
-    def _grow_cwnd(self, ack: int, acked: int) -> None:
-        if self.recover is not None:
-            if seq_lt(ack, self.recover):
-                self._retransmit_one()  # NewReno partial ACK: the next hole
-                return
-            self.recover, self.cwnd = None, self.ssthresh
-        elif self.cwnd < self.ssthresh:
-            self.cwnd += acked
-        else:
-            self.cwnd += max(1, self.mss * acked // self.cwnd)
-
-    def _fast_retransmit(self) -> None:
-        flight = seq_diff(self.snd_max, self.snd_una)
-        self.ssthresh = max(flight // 2, 2 * self.mss)
-        self.cwnd, self.recover = self.ssthresh, self.snd_max
-        self._retransmit_one()
 
     def _retransmit_one(self) -> None:
         data = self.sndbuf.peek(0, self.mss)
@@ -329,14 +314,8 @@ class Tcb:
     def _rtt_sample(self, ack: int) -> None:
         if self.rtt_seq is None or seq_lt(ack, self.rtt_seq):
             return
-        r = self.io.now() - self.rtt_ts
+        self.rtt.sample(self.io.now() - self.rtt_ts)
         self.rtt_seq = None
-        if self.srtt is None:
-            self.srtt, self.rttvar = r, r // 2
-        else:
-            self.rttvar = (3 * self.rttvar + abs(self.srtt - r)) // 4
-            self.srtt = (7 * self.srtt + r) // 8
-        self.rto = min(max(self.srtt + max(MS, 4 * self.rttvar), RTO_MIN_NS), RTO_MAX_NS)
 
     def _data(self, seg: Segment) -> None:
         data, seq = seg.data, seg.seq
@@ -425,7 +404,7 @@ class Tcb:
             self.snd_max = self.snd_nxt
             self.rtt_seq, self.rtt_ts = self.snd_nxt, self.io.now()
         if self.rto_at is None:
-            self.rto_at = self.io.now() + self.rto
+            self.rto_at = self.io.now() + self.rtt.rto
 
     def _send_data(self) -> bool:
         sent = False
@@ -436,7 +415,7 @@ class Tcb:
             fin_due = self.fin_seq is not None and seq_le(self.snd_nxt, self.fin_seq)
             if avail <= 0 and not fin_due:
                 break
-            n = min(avail, min(self.snd_wnd, self.cwnd) - off, self.seg_max)
+            n = min(avail, min(self.snd_wnd, self.cc.cwnd) - off, self.seg_max)
             if avail > 0 and (n <= 0 or (n < avail and n < self.mss and off > 0)):
                 break  # window closed, or only a silly small segment fits (RFC 1122 SWS)
             flags = ACK
@@ -453,7 +432,7 @@ class Tcb:
             and self.snd_nxt == self.snd_una
             and self.persist_at is None
         ):
-            self.persist_at = self.io.now() + self.rto
+            self.persist_at = self.io.now() + self.rtt.rto
         return sent
 
     def _sent(self, n: int) -> None:
@@ -464,7 +443,7 @@ class Tcb:
         if seq_lt(self.snd_max, self.snd_nxt):
             self.snd_max = self.snd_nxt
         if self.rto_at is None:
-            self.rto_at = now + self.rto
+            self.rto_at = now + self.rtt.rto
 
     def _wnd_field(self) -> int:
         w = self.rcvbuf.window()
@@ -499,7 +478,7 @@ class Tcb:
             self.persist_at = None
             if self.snd_wnd == 0 and self.state not in (CLOSED, TIME_WAIT):
                 self._emit((self.snd_una - 1) % MOD, ACK, b"")  # zero-window probe
-                self.persist_at = now + self.rto
+                self.persist_at = now + self.rtt.rto
         if self.delack_at is not None and self.delack_at <= now:
             self.delack_at = None
             self._ack_soon()
@@ -512,12 +491,10 @@ class Tcb:
         if self.state in (SYN_SENT, SYN_RCVD):
             self.snd_nxt = self.iss
         else:
-            flight = seq_diff(self.snd_max, self.snd_una)
-            self.ssthresh = max(flight // 2, 2 * self.mss)
-            self.cwnd, self.recover, self.dupacks = self.mss, None, 0
+            self.cc.on_timeout(seq_diff(self.snd_max, self.snd_una))
             self.snd_nxt = self.snd_una  # go back N; the receiver keeps what it has
         self.rtt_seq = None
-        self.rto = min(self.rto * 2, RTO_MAX_NS)
+        self.rtt.backoff()
         self.io.tcp_dirty(self)
 
     def unreachable(self, err: int) -> None:
