@@ -44,6 +44,8 @@ class Link:
         self.queue: list[tuple[FakeNetDevice, bytes, int]] = []
         self.down = False
         self.dropped = self.duplicated = 0
+        self.carried = 0  # frames offered so far
+        self.drop_frames: set[int] = set()  # indices (in self.carried) to drop
 
     def carry(self, src: FakeNetDevice, frames) -> None:
         dst = next(d for d in self.ends if d is not src)
@@ -53,7 +55,8 @@ class Link:
                 self._one(dst, p, 0 if self.cut_gso else gso_size)
 
     def _one(self, dst, frame, gso_size) -> None:
-        if self.down or self.rng.random() < self.loss:
+        self.carried += 1
+        if self.down or self.carried - 1 in self.drop_frames or self.rng.random() < self.loss:
             self.dropped += 1
             return
         n = 2 if self.rng.random() < self.dup else 1

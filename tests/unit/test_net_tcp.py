@@ -157,6 +157,16 @@ def test_rto_retransmits_with_backoff_then_recovers():
     assert c.tcb.retries == 0
 
 
+def test_fast_retransmit_repairs_a_single_loss_without_timeout():
+    p = Pair(gso_ok=False)
+    _srv, c, s = connect(p)
+    p.link.drop_frames = {p.link.carried + 20}
+    data = random.Random(7).randbytes(300_000)
+    assert transfer(p, c, s, data) == data
+    assert p.link.dropped == 1
+    assert c.tcb.fast_retransmits == 1 and c.tcb.timeouts == 0
+
+
 def test_connect_times_out():
     p = Pair()
     p.link.down = True
@@ -244,6 +254,7 @@ def test_lossy_link_delivers_every_byte_in_order(seed):
     down = random.Random(seed + 1).randbytes(50_000)
     assert transfer(p, c, s, up) == up
     assert transfer(p, s, c, down) == down
+    assert c.tcb.fast_retransmits + c.tcb.timeouts > 0
     c.close()
     p.run_until(lambda: s.tcb.eof)
     assert s.recv(10) == b""

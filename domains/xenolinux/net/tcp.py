@@ -2,9 +2,10 @@
 
 Rules:
 1. Input comes as parsed segments (`input`), time as `now` arguments and `io.now()`; output
-   goes through `io.tcp_xmit`. Nothing is sent from `input` directly: the tcb marks itself
-   dirty (`io.tcp_dirty`) and the stack calls `output()` once per flush, so a batch of
-   received frames gets one ACK and data written by the application leaves in big segments.
+   goes through `io.tcp_xmit` (which only queues). Input does not send by itself: the tcb
+   marks itself dirty (`io.tcp_dirty`) and the stack calls `output()` once per flush, so a
+   batch of received frames gets one ACK and data written by the application leaves in big
+   segments. Exceptions: RSTs, and a duplicate ACK per out-of-order segment.
 2. Sender: sends what min(peer window, cwnd) allows, in segments of up to `seg_max` bytes
    (one MSS, or up to 64 KiB when the interface does TSO: the NIC or backend cuts them).
    Retransmission timer and congestion window: tcpcc.py (RFC 6298 with Karn's rule and
@@ -87,6 +88,7 @@ class Tcb:
         self.rtt_seq: int | None = None
         self.rtt_ts = 0
         self.retries = 0
+        self.fast_retransmits = self.timeouts = 0  # statistics
         self.cc = Reno(mss)
         self.ack_now = False
         self.unacked = 0  # bytes received since our last ACK
@@ -264,7 +266,8 @@ class Tcb:
         elif self._is_dupack(seg, wnd) and self.cc.on_dupack(
             seq_diff(self.snd_max, self.snd_una), self.snd_max
         ):
-            self._retransmit_one()  # fast retransmit
+            self.fast_retransmits += 1
+            self._retransmit_one()
         if seq_lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and seq_le(self.snd_wl2, ack)):
             if wnd > self.snd_wnd:
                 self.io.tcp_dirty(self)
@@ -334,8 +337,12 @@ class Tcb:
         had_ooo = bool(self.rcvbuf.ooo)
         before = self.rcv_nxt
         self.rcv_nxt = self.rcvbuf.insert(self.rcv_nxt, seq, data)
-        if self.rcv_nxt == before or had_ooo or seg.flags & PSH:
-            self.ack_now = True  # out of order (dup ACK), a gap filled, or end of a write
+        if self.rcv_nxt == before:
+            # out of order: one duplicate ACK per segment, not one per flush, or the
+            # sender never counts three of them (RFC 5681 4.2)
+            return self._emit(self.snd_nxt, ACK, b"")
+        if had_ooo or seg.flags & PSH:
+            self.ack_now = True  # a gap filled, or the end of a write
         self.unacked += seq_diff(self.rcv_nxt, before)
         self.io.tcp_dirty(self)
         if self.rcv_nxt != before:
@@ -485,6 +492,7 @@ class Tcb:
 
     def _rto_expired(self) -> None:
         self.retries += 1
+        self.timeouts += 1
         limit = SYN_RETRIES if self.state in (SYN_SENT, SYN_RCVD) else DATA_RETRIES
         if self.retries > limit:
             return self.abort(errno.ETIMEDOUT)
