@@ -44,7 +44,7 @@ def fold(s: int) -> int:
 def checksum(*parts: bytes | bytearray | memoryview) -> int:
     """The Internet checksum (RFC 1071) of the concatenation of `parts`, each of even length
     except possibly the last."""
-    return ~fold(sum(ones_sum(p) for p in parts)) & 0xFFFF
+    return ~fold(sum(map(ones_sum, parts))) & 0xFFFF
 
 
 def pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:

@@ -71,6 +71,8 @@ class NetStack:
         self._ident = self.rng.randrange(1 << 16)
         self._stats: Counter[str] = Counter()
         self._reported: int | None = None
+        self._local: set[bytes] = set()  # our addresses
+        self._routes: dict[bytes, tuple[Iface | None, bytes] | None] = {}  # route cache
 
     # ---- configuration ---------------------------------------------------------------
     def add_interface(self, name: str, dev: NetDevice | None, ip: str, prefix: int) -> None:
@@ -83,9 +85,12 @@ class NetStack:
             iface = Iface(name, dev, ipv4.aton(ip), prefix, dev.mtu, mac=dev.mac)
             dev.receiver = lambda frame, gso_size, i=iface: self._eth_input(i, frame)
         self.ifaces[name] = iface
+        self._local = {i.ip for i in self.ifaces.values()}
+        self._routes.clear()
 
     def set_default_route(self, gateway: str) -> None:
         self.gateway = ipv4.aton(gateway)
+        self._routes.clear()
 
     def socket(self, kind: int) -> Sock:
         if kind not in (SOCK_STREAM, SOCK_DGRAM, SOCK_ICMP):
@@ -139,10 +144,20 @@ class NetStack:
 
     # ---- routing and IP output --------------------------------------------------------
     def is_local(self, ip: bytes) -> bool:
-        return ip[0] == 127 or any(i.ip == ip for i in self.ifaces.values())
+        return ip[0] == 127 or ip in self._local
 
     def route(self, dst: bytes) -> tuple[Iface | None, bytes] | None:
         """(interface, next hop) for dst; interface None means loopback; None: no route."""
+        try:
+            return self._routes[dst]
+        except KeyError:
+            pass
+        if len(self._routes) > 1024:
+            self._routes.clear()
+        r = self._routes[dst] = self._lookup(dst)
+        return r
+
+    def _lookup(self, dst: bytes) -> tuple[Iface | None, bytes] | None:
         if self.is_local(dst):
             return None, dst
         for iface in self.ifaces.values():

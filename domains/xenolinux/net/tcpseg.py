@@ -47,7 +47,7 @@ def build(
     hlen = TCP_HLEN + len(opts)
     hdr = bytearray(_HDR.pack(sport, dport, seq, ack, (hlen // 4) << 4, flags, wnd, 0, 0))
     hdr += opts
-    s = ones_sum(pseudo_header(src, dst, IPPROTO_TCP, hlen + len(data))) + ones_sum(hdr)
+    s = ones_sum(pseudo_header(src, dst, IPPROTO_TCP, hlen + len(data)) + hdr)
     if data:
         s += ones_sum(data)
     hdr[16:18] = (~fold(s) & 0xFFFF).to_bytes(2, "big")
