@@ -167,6 +167,34 @@ def test_fast_retransmit_repairs_a_single_loss_without_timeout():
     assert c.tcb.fast_retransmits == 1 and c.tcb.timeouts == 0
 
 
+@pytest.mark.parametrize("lost", range(11))
+def test_any_single_lost_frame_of_a_whole_session_is_repaired(lost):
+    """Drop the n-th frame of ARP + handshake + exchange + both FINs: all still completes."""
+    p = Pair(gso_ok=False)
+    p.link.drop_frames = {lost}
+    srv, c, s = connect(p)
+    c.send(b"ping")
+    p.run_until(lambda: s.readable())
+    assert s.recv(10) == b"ping"
+    s.send(b"pong")
+    s.close()
+    p.run_until(lambda: c.tcb.eof)
+    assert c.recv(10) == b"pong" and c.recv(10) == b""
+    c.close()
+    p.run_until(lambda: not p.a.tcbs and not p.b.tcbs)
+    assert p.link.dropped == 1
+
+
+def test_device_without_tso_gets_software_segments():
+    p = Pair(gso_ok=True)
+    _srv, c, s = connect(p)
+    p.deva.gso = False  # e.g. the backend reconnected without feature-gso-tcpv4
+    data = random.Random(8).randbytes(200_000)
+    assert transfer(p, c, s, data) == data
+    late = p.deva.sent[-20:]
+    assert all(g == 0 and len(f) <= 1514 for f, g in late)
+
+
 def test_connect_times_out():
     p = Pair()
     p.link.down = True

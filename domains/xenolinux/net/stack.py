@@ -20,6 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from domains.kernel import gso
 from domains.xenolinux.net import arp, eth, icmp, ipv4, tcpseg, udp
 from domains.xenolinux.net.arp import ArpTable
 from domains.xenolinux.net.ipv4 import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
@@ -202,19 +203,22 @@ class NetStack:
             return 0
         if not gso_size and 20 + len(l4) + len(data) > iface.mtu:
             return errno.EMSGSIZE
-        if gso_size and not iface.dev.gso:
-            gso_size = 0
         if dst == LIMITED_BROADCAST or dst == iface.broadcast:
             mac = eth.BROADCAST
         else:
             mac = iface.arp.lookup(hop, self.now_ns())
         if mac is not None:
-            iface.outq.append(
-                (b"".join((eth.header(mac, iface.mac, eth.ETH_P_IP), hdr, l4, data)), gso_size)
-            )
+            frame = b"".join((eth.header(mac, iface.mac, eth.ETH_P_IP), hdr, l4, data))
+            self._queue(iface, frame, gso_size)
         elif iface.arp.enqueue(hop, (b"".join((hdr, l4, data)), gso_size), owner, self.now_ns()):
             self._arp_request(iface, hop)
         return 0
+
+    def _queue(self, iface: Iface, frame: bytes, gso_size: int) -> None:
+        if gso_size and not iface.dev.gso:  # the device lost TSO: cut in software
+            iface.outq.extend((f, 0) for f in gso.segment(frame, gso_size))
+        else:
+            iface.outq.append((frame, gso_size))
 
     # ---- input ---------------------------------------------------------------------
     def _eth_input(self, iface: Iface, frame: bytes) -> None:
@@ -259,8 +263,7 @@ class NetStack:
                 iface.arp.learn(p.spa, p.sha, now)
             return
         for (pkt, gso_size), _owner in iface.arp.learn(p.spa, p.sha, now):
-            hdr = eth.header(p.sha, iface.mac, eth.ETH_P_IP)
-            iface.outq.append((hdr + pkt, gso_size))
+            self._queue(iface, eth.header(p.sha, iface.mac, eth.ETH_P_IP) + pkt, gso_size)
         if p.op == arp.ARPOP_REQUEST:
             reply = arp.build(arp.ARPOP_REPLY, iface.mac, iface.ip, p.sha, p.spa)
             iface.outq.append((eth.header(p.sha, iface.mac, eth.ETH_P_ARP) + reply, 0))
