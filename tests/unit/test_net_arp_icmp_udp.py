@@ -116,6 +116,21 @@ def test_udp_demux_connect_and_port_unreachable():
     assert e.value.errno == errno.EMSGSIZE
 
 
+def test_connected_udp_learns_port_unreachable():
+    p = Pair()
+    u = p.a.socket(SOCK_DGRAM)
+    u.connect(("10.0.0.12", 7777))
+    u.send(b"anyone?")
+    p.run_until(lambda: u.error)
+    assert u.error == errno.ECONNREFUSED
+    with pytest.raises(OSError):
+        u.recv(10)
+    unconnected = p.a.socket(SOCK_DGRAM)
+    unconnected.sendto(b"x", ("10.0.0.12", 7777))
+    p.run_until(lambda: not p.link.queue)
+    assert not unconnected.error
+
+
 def test_udp_over_loopback():
     p = Pair()
     r = p.a.socket(SOCK_DGRAM)

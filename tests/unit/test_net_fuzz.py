@@ -11,9 +11,7 @@ from tests.unit.net_fakes import Pair
 from tests.unit.test_net_tcp import connect, transfer
 
 A, B = ipv4.aton("10.0.0.11"), ipv4.aton("10.0.0.12")
-SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def session() -> tuple[Pair, list[bytes]]:

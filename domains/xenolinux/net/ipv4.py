@@ -65,3 +65,11 @@ def parse(pkt: bytes) -> tuple[IpHeader, bytes] | None:
     if off & 0x3FFF or checksum(pkt[:ihl]) != 0:  # MF or an offset: a fragment
         return None
     return IpHeader(src, dst, proto, ttl, ident), pkt[ihl:total]
+
+
+def parse_quoted(data: bytes) -> tuple[IpHeader, bytes] | None:
+    """The IP header and first payload bytes an ICMP error quotes (possibly cut short)."""
+    if len(data) < 20 or data[0] >> 4 != 4 or (data[0] & 0xF) < 5:
+        return None
+    vihl, _tos, _total, ident, _off, ttl, proto, _c, src, dst = _HDR.unpack_from(data)
+    return IpHeader(src, dst, proto, ttl, ident), data[(vihl & 0xF) * 4 :]

@@ -285,6 +285,21 @@ class NetStack:
         elif m.type == icmp.ICMP_ECHOREPLY:
             for s in self.bound.get((SOCK_ICMP, m.ident), ()):
                 s._deliver(m.seq.to_bytes(2, "big") + m.data, hdr.src, 0)
+        elif m.type == icmp.ICMP_DEST_UNREACH:
+            self._udp_unreachable(m)
+
+    def _udp_unreachable(self, m: icmp.IcmpMessage) -> None:
+        """Linux reports ICMP errors to connected UDP sockets only (ECONNREFUSED for a
+        closed port); the quoted datagram says which socket sent it."""
+        quoted = ipv4.parse_quoted(m.data)
+        if quoted is None or quoted[0].proto != IPPROTO_UDP or len(quoted[1]) < 4:
+            return
+        qhdr, head = quoted
+        sport, dport = int.from_bytes(head[0:2], "big"), int.from_bytes(head[2:4], "big")
+        err = errno.ECONNREFUSED if m.code == icmp.ICMP_PORT_UNREACH else errno.EHOSTUNREACH
+        for s in self.bound.get((SOCK_DGRAM, sport), ()):
+            if s.remote == (qhdr.dst, dport):
+                s.unreachable(err)
 
     def _udp_input(self, hdr: ipv4.IpHeader, payload: bytes, pkt: bytes) -> None:
         r = udp.parse(hdr.src, hdr.dst, payload)

@@ -177,9 +177,11 @@ class Tcb:
             self.io.tcp_dirty(self)
             return
         if not self._acceptable(seg):
-            if not seg.flags & (RST | SYN) and seg.flags & ACK:
+            # its ACK field still counts (RFC 9293 3.10.7.4, e.g. while our window is 0)
+            if seg.flags & ACK and not seg.flags & (RST | SYN) and self.state != SYN_RCVD:
                 self._ack(seg)
-            if not seg.flags & RST:
+                self._fin_acked()
+            if not seg.flags & RST and self.state != CLOSED:
                 self._ack_soon()
             return
         if seg.flags & RST:
