@@ -53,8 +53,13 @@ def test_handshake_and_names():
     p = Pair()
     srv, c, s = connect(p)
     assert c.tcb.state == s.tcb.state == tcp.ESTABLISHED
+    assert c.tcb.snd_wscale == s.tcb.rcv_wscale == 2  # 256 KiB windows need scaling
+    s.send(b"hello")
+    p.run_until(c.readable)
+    assert c.tcb.snd_wnd > 65535  # scaled, once a non-SYN segment carried it
     assert c.peername() == ("10.0.0.12", 80) and s.sockname() == ("10.0.0.12", 80)
     assert s.peername() == ("10.0.0.11", c.sockname()[1])
+    assert c.recv(10) == b"hello"
     assert c.writable() and not c.readable() and c.recv(10) is None
     assert srv.accept() is None
 
