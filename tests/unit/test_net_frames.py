@@ -5,6 +5,7 @@ import struct
 import dpkt
 import pytest
 
+from domains.kernel import gso
 from domains.xenolinux.net import SOCK_DGRAM, SOCK_ICMP, SOCK_STREAM
 from domains.xenolinux.net.config import from_cmdline, parse_ip_param
 from tests.unit.net_fakes import Pair
@@ -88,3 +89,39 @@ def test_ip_param():
         parse_ip_param("10.0.0.11::10.0.0.1:255.0.255.0:d1:eth0:off")
     with pytest.raises(OSError):
         parse_ip_param("10.0.0::10.0.0.1:255.255.255.0:d1:eth0:off")
+
+
+def test_handcrafted_peer_without_options():
+    """A SYN without MSS or window scale (crafted with dpkt): the SYN-ACK offers no scaling,
+    and data is then sent in segments of the RFC 9293 default MSS, 536."""
+    p = Pair(gso_ok=True)
+    srv = p.b.socket(SOCK_STREAM)
+    srv.bind(("0.0.0.0", 80))
+    srv.listen(1)
+    ping = p.a.socket(SOCK_ICMP)  # let b learn a's MAC
+    ping.sendto(b"\0\0", ("10.0.0.12", 0))
+    p.run_until(ping.readable)
+    syn = dpkt.tcp.TCP(sport=4000, dport=80, seq=1000, flags=dpkt.tcp.TH_SYN, win=8192)
+    ip = dpkt.ip.IP(src=b"\x0a\x00\x00\x0b", dst=b"\x0a\x00\x00\x0c", p=6, ttl=64, data=syn)
+    eth = dpkt.ethernet.Ethernet(src=p.deva.mac, dst=p.devb.mac, type=0x0800, data=ip)
+    before = len(p.devb.sent)
+    p.devb.receiver(bytes(eth), 0)
+    p.b.flush()
+    synack = verify(p.devb.sent[before][0]).data.data
+    assert synack.flags == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK and synack.ack == 1001
+    opts = dict(dpkt.tcp.parse_opts(synack.opts))
+    assert dpkt.tcp.TCP_OPT_WSCALE not in opts and dpkt.tcp.TCP_OPT_MSS in opts
+    ack = dpkt.tcp.TCP(
+        sport=4000, dport=80, seq=1001, ack=synack.seq + 1, flags=dpkt.tcp.TH_ACK, win=8192
+    )
+    ip.data, ip.len, ip.sum = ack, 0, 0
+    eth.data = ip
+    p.devb.receiver(bytes(eth), 0)
+    p.b.flush()
+    s = srv.accept()
+    assert s is not None and s.send(b"z" * 3000) == 3000
+    p.b.flush()
+    (frame, gso_size), *_ = p.devb.sent[before + 1 :]
+    assert gso_size == 536 and len(verify(frame).data.data.data) == 3000  # one TSO frame
+    pieces = gso.segment(frame, gso_size)
+    assert [len(verify(f).data.data.data) for f in pieces] == [536] * 5 + [320]

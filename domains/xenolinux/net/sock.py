@@ -133,11 +133,11 @@ class Sock:
         self._check_open()
         if not self.listening:
             raise OSError(errno.EINVAL, "socket is not listening")
-        while self.accept_queue:
-            child = self.accept_queue.popleft()
-            child.tcb.parent = None
-            return child  # may already be reset by the peer: recv reports it
-        return None
+        if not self.accept_queue:
+            return None
+        child = self.accept_queue.popleft()
+        child.tcb.parent = None
+        return child  # may already be reset by the peer: its recv reports it
 
     def connect(self, addr: tuple[str, int]) -> None:
         """TCP: start the handshake (watch `connected`/`error`). UDP: set the peer."""
