@@ -56,7 +56,8 @@ def test_truncated_and_corrupted_frames(i, data):
         frame[16:18] = data.draw(st.integers(0, 65535)).to_bytes(2, "big")
     else:
         frame += data.draw(st.binary(max_size=64))
-    feed(PAIR, bytes(frame), data.draw(st.sampled_from([0, 1, 1460, 65535])))
+    kind = data.draw(st.sampled_from([bytes, bytearray, memoryview]))
+    feed(PAIR, kind(frame), data.draw(st.sampled_from([0, 1, 1460, 65535])))
 
 
 @SETTINGS

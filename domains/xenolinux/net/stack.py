@@ -223,6 +223,8 @@ class NetStack:
     # ---- input ---------------------------------------------------------------------
     def _eth_input(self, iface: Iface, frame: bytes) -> None:
         self._stats["rx_frames"] += 1
+        if type(frame) is not bytes:  # a driver's bytearray or memoryview: own a copy
+            frame = bytes(frame)
         h = eth.parse(frame)
         if h is None or (h[0] != iface.mac and h[0] != eth.BROADCAST):
             self._stats["rx_not_for_us"] += 1
