@@ -51,8 +51,22 @@ def agent_domain(name: str, **kw) -> DomainSpec:
                       kernel="tests.kernels.agent", **kw)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)  # fixtures see whether the test failed
+    return rep
+
+
+def print_logs(h: Host, lines: int = 30) -> None:
+    """The tail of each process's log: shown with a failed test's report."""
+    for log in sorted(pathlib.Path(h.dir, "logs").glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        print(f"----- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+
+
 @pytest.fixture
-def make_host():
+def make_host(request):
     """make_host(spec, trace=False) -> a started Host, torn down and leak-checked after."""
     started: list[tuple[Host, set[str]]] = []
 
@@ -63,8 +77,11 @@ def make_host():
         return h.start()
 
     yield make
+    rep = getattr(request.node, "rep_call", None)
     for h, shm in started:
         h.down()
+        if rep is not None and rep.failed:
+            print_logs(h)
         assert_no_leaks(h.name, shm)
 
 
