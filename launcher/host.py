@@ -100,6 +100,9 @@ class Host:
                 json.dump(dom.to_wire(), f)
         with open(os.path.join(self.dir, "disks.json"), "w") as f:  # Dom0's driver policy
             json.dump({d.name: {"on_crash": d.on_crash} for d in self.spec.devices}, f)
+        with open(os.path.join(self.dir, "nics.json"), "w") as f:  # each NIC's bridge
+            json.dump({d.name: {"bridge": d.bridge} for d in self.spec.devices
+                       if d.kind == "nic"}, f)
 
     def _make_images(self) -> None:
         """Every disk device's image exists before the device opens it (rule 4)."""
