@@ -37,6 +37,10 @@ from domains.kernel.ring import BackRing
 from hypervisor.public import envelope
 from hypervisor.public.nicdev import (
     INFO_SIZE,
+    LINK_CHANGES_WORD,
+    LINK_FAULTY,
+    LINK_FLAGS_WORD,
+    LINK_PARTITIONED,
     NIC_INFO_MAGIC,
     RX_SLOT_SIZE,
     TX_SLOT_SIZE,
@@ -72,6 +76,8 @@ class NicDevice(DiskDevice):
         self.iommu = Iommu(0, IOMMU_FOREIGN_BASE, refresh=self._drain_ctl)
         self.maps: dict = {}
         self.core: NicCore | None = None
+        self.info: memoryview | None = None  # the driver's info page, cast("I")
+        self.link_changes = 0
         self.hello_done = self.running = False
         self.kicks = self.irqs = 0
         self._open_channels(a)
@@ -224,16 +230,25 @@ class NicDevice(DiskDevice):
     def _write_nic_info(self, page: memoryview, tx: int, rx: int, status: int) -> None:
         features = (NicFeature.sg | (NicFeature.wire if self.wire else 0)
                     | (NicFeature.tap if self.tap else 0))
-        page[:INFO_SIZE] = pack_info(self.mac, features, tx, rx, MODEL, status)
-        with page[:4].cast("I") as magic:
-            magic[0] = NIC_INFO_MAGIC  # stored last (nicdev rule 4)
+        page[:INFO_SIZE] = pack_info(self.mac, features, tx, rx, MODEL, status,
+                                     self.link_changes, self._link_flags())
+        self.info = page.cast("I")
         page.release()
+        self.info[0] = NIC_INFO_MAGIC  # stored last (nicdev rule 4)
         self.raise_irq()
+
+    def _link_flags(self) -> int:
+        s = self.egress.settings
+        return ((LINK_PARTITIONED if s.partition else 0)
+                | (LINK_FAULTY if s.drop or s.dup or s.reorder or s.delay_ms else 0))
 
     def _reset(self) -> None:
         if self.core is not None:
             self.core.release()
             self.core = None
+        if self.info is not None:
+            self.info.release()
+            self.info = None
 
     def _mmio_kick(self, _msg: dict) -> None:
         if self.core is None:
@@ -249,6 +264,10 @@ class NicDevice(DiskDevice):
             delay_ms=msg.get("delay_ms"), partition=msg.get("partition"))
         self.egress.set(s)
         self.ingress.set(s)
+        self.link_changes += 1
+        if self.info is not None:  # the link status register (nicdev rule 4)
+            self.info[LINK_FLAGS_WORD] = self._link_flags()
+            self.info[LINK_CHANGES_WORD] = self.link_changes & 0xFFFFFFFF
         log(f"{self.name}: wire faults: {s.describe()}")
 
     def statistics(self) -> dict:

@@ -22,7 +22,11 @@ Rules:
    coalescing comes from ring.h's event suppression plus batching.
 4. Info page: the device writes every field, then the magic last (one
    aligned 4-byte store), then raises its IRQ. The driver zeroes the page
-   before "init" and trusts no field until the magic is there.
+   before "init" and trusts no field until the magic is there. Two status
+   words after it are live (a link status register): `link_changes` counts
+   the "wire" writes the device has applied and `link_flags` says what is
+   in force (LINK_PARTITIONED, LINK_FAULTY); each is one aligned 4-byte
+   store, so the driver can tell when a setting took effect.
 5. Copy, then validate. A TX request is checked whole (segment count, each
    segment inside its frame, the frame's length) and every segment through
    the IOMMU before any byte is read; a refused one completes with
@@ -91,11 +95,17 @@ class NicStatus(enum.IntEnum):
 NIC_INFO_MAGIC = 0x43494E58  # b"XNIC" as a little-endian u32
 NIC_INFO_VERSION = 1
 # magic u32, version u16, mtu u16, max_frame u16, tx_slots u16, rx_slots u16,
-# max_tx_segs u16, features u32, init_status s32, mac 6s, pad, model 40s, pad
-INFO_FORMAT = "<IHHHHHHIi6s2x40s56x"
+# max_tx_segs u16, features u32, init_status s32, mac 6s, pad, model 40s,
+# link_changes u32, link_flags u32 (live, rule 4), pad
+INFO_FORMAT = "<IHHHHHHIi6s2x40sII48x"
 INFO_SIZE = struct.calcsize(INFO_FORMAT)  # 128
 INFO_FIELDS = ("magic", "version", "mtu", "max_frame", "tx_slots", "rx_slots",
-               "max_tx_segs", "features", "init_status", "mac", "model")
+               "max_tx_segs", "features", "init_status", "mac", "model", "link_changes",
+               "link_flags")
+LINK_CHANGES_WORD = 72 // 4  # u32 index of link_changes in the page
+LINK_FLAGS_WORD = LINK_CHANGES_WORD + 1
+LINK_PARTITIONED = 1 << 0
+LINK_FAULTY = 1 << 1  # drop, dup, reorder or delay in force
 
 
 class NicFeature(enum.IntFlag):
@@ -170,11 +180,11 @@ def unpack_rx_rsp(raw: bytes) -> tuple[int, int, int, int]:
 
 
 def pack_info(mac: bytes, features: int, tx_slots: int, rx_slots: int, model: str,
-              init_status: int = 0) -> bytes:
+              init_status: int = 0, link_changes: int = 0, link_flags: int = 0) -> bytes:
     """The info page with magic 0: the device stores the magic last (rule 4)."""
     return struct.pack(INFO_FORMAT, 0, NIC_INFO_VERSION, NIC_MTU, NIC_MAX_FRAME, tx_slots,
                        rx_slots, NIC_MAX_TX_SEGS, features, init_status, mac,
-                       model.encode()[:40])
+                       model.encode()[:40], link_changes, link_flags)
 
 
 def unpack_info(raw: bytes) -> dict:

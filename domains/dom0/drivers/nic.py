@@ -41,6 +41,8 @@ from domains.kernel.ring import FrontRing, RingError
 from hypervisor.public.nicdev import (
     ETH_HLEN,
     INFO_SIZE,
+    LINK_CHANGES_WORD,
+    LINK_FLAGS_WORD,
     NIC_INFO_MAGIC,
     NIC_MAX_FRAME,
     NIC_RX_RING_PAGES,
@@ -307,9 +309,17 @@ class NicDriver:
         except zmq.Again:
             pass  # a dead device: the MMIO write goes nowhere
 
+    def link_status(self) -> tuple[int, int]:
+        """(link_changes, link_flags): the device's live status words."""
+        if self.info is None:
+            return 0, 0
+        with self.info_page.cast("I") as words:
+            return words[LINK_CHANGES_WORD], words[LINK_FLAGS_WORD]
+
     def describe(self) -> dict:
         info = dict(self.info or {})
         info.pop("magic", None)
+        info["link_changes"], info["link_flags"] = self.link_status()
         return {"name": self.dev_name, "port_name": self.name, "bridge": self.bridge_name,
                 "attached": self.bridge is not None, "irq": self.irq, "port": self.port,
                 "ready": self.ready, "error": self.error, "link": self.link,
