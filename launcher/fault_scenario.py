@@ -138,7 +138,8 @@ class Fault:
                 "cont": "SIGCONT", "disk": f"disk {d.get('mode')}"
                 + (f" rate {d['rate']}" if d.get("rate") else ""),
                 "latency": f"latency {d.get('spec')}", "rogue": f"rogue {d.get('op')}",
-                "wire": "wire " + ", ".join(f"{k} {v}" for k, v in d.items() if v)}
+                "wire": "wire " + ", ".join(k if v is True else f"{k} {v}"
+                                            for k, v in d.items() if v)}
         return text[self.action] + (f" for {self.hold:.2f} s" if self.hold else "")
 
 
