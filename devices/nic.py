@@ -82,12 +82,21 @@ class NicDevice(DiskDevice):
         self.kicks = self.irqs = 0
         self._open_channels(a)
         self.wire = WirePort(self.ctx, a.wire) if a.wire else None
-        self.tap = Tap(a.tap, a.tap_netns) if a.tap else None
+        self.tap = self._open_tap(a.tap, a.tap_netns) if a.tap else None
         if self.wire is not None:
             self._watch_wire()
         if self.tap is not None:
             self.handlers[self.tap.fileno()] = self._on_tap
             self.poller.register(self.tap.fileno(), zmq.POLLIN)
+
+    def _open_tap(self, name: str, netns: str) -> Tap | None:
+        """A TAP that cannot be made leaves the NIC without it (the info page's
+        features say so), rather than a device that dies and restarts for ever."""
+        try:
+            return Tap(name, netns)
+        except OSError as exc:
+            log(f"{self.name}: TAP {name}: {exc}; running without it")
+            return None
 
     def _watch_wire(self) -> None:
         for sock in self.wire.sockets():

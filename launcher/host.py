@@ -120,6 +120,11 @@ class Host:
     def _start_devices(self) -> None:
         """Hardware first (launcher.firmware): each device gets a secret, an
         IRQ and a control socket whose other end goes to Xen."""
+        for dev in self.spec.devices:  # a NIC's TAP goes into an existing netns only
+            if dev.kind == "nic" and dev.tap_netns and not os.path.exists(
+                    os.path.join("/run/netns", dev.tap_netns)):
+                raise HostError(f"device {dev.name}: no network namespace {dev.tap_netns!r} "
+                                f"(ip netns add {dev.tap_netns})")
         self.firmware = Firmware(self.name, os.path.join(self.dir, "logs"), self._env(),
                                  self.progress)
         self.firmware.start_devices(self.spec.devices)
