@@ -155,6 +155,14 @@ def _dev_parser(sub) -> None:
     c.add_argument("dev")
     c.add_argument("spec")
     _host_arg(c)
+    c = ds.add_parser("wire", help="a NIC's link faults (unset options stay as they are)")
+    c.add_argument("dev", help="the NIC device's name")
+    for opt, what in (("--drop", "drop"), ("--dup", "duplicate"), ("--reorder", "reorder")):
+        c.add_argument(opt, type=float, metavar="P", help=f"chance to {what} a frame (0..1)")
+    c.add_argument("--delay-ms", type=float, metavar="MS", help="delay every frame")
+    c.add_argument("--partition", choices=("on", "off"), help="cut the host off the wire")
+    c.add_argument("--clear", action="store_true", help="every fault off first")
+    _host_arg(c)
     c = ds.add_parser("on-crash", help="when the device dies: wait for its replacement, "
                       "or fail the commands it held")
     c.add_argument("dev")

@@ -309,7 +309,21 @@ def cmd_dev(args, host: str) -> int:
             c.call("phys_latency", dev=args.dev, spec=check_latency(args.spec))
         elif sub == "on-crash":
             c.call("phys_on_crash", dev=args.dev, policy=args.policy)
+        elif sub == "wire":
+            c.call("nic_wire", dev=args.dev, **wire_args(args))
     return 0
+
+
+def wire_args(args) -> dict:
+    """`xenolab dev wire` options as nic_wire arguments (only those given)."""
+    out = dict(drop=0.0, dup=0.0, reorder=0.0, delay_ms=0.0, partition=False) if args.clear \
+        else {}
+    for key in ("drop", "dup", "reorder", "delay_ms"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    if args.partition is not None:
+        out["partition"] = args.partition == "on"
+    return out
 
 
 def _not_ready(r: dict) -> str:

@@ -1,7 +1,12 @@
 """Hardware in a host description: `[[device]]` tables (DeviceSpec).
 
 A device exists before Xen boots (the launcher starts it first) and is
-assigned to Domain-0. Kinds: "disk" (an image file behind a controller).
+assigned to Domain-0. Kinds: "disk" (an image file behind a controller) and
+"nic" (an Ethernet controller: `wire = NAME` joins every NIC of any host on
+this machine that names the same wire; `tap = IFNAME` [`tap_netns = NS`]
+joins a Linux TAP interface; `bridge` is the Dom0 bridge its driver is a
+port of, default "xenbr0"; `drop`, `dup`, `reorder` (0..1), `delay_ms` and
+`partition` are the link's initial faults, devices.wirefaults).
 
 Rules:
 1. Images. A disk target or a [[device]] image that is a relative path
@@ -29,13 +34,16 @@ from dataclasses import dataclass
 
 from launcher.hostspec import ConfigError, DomainSpec, HostSpec, check_int, check_text
 
-KINDS = ("disk",)
+KINDS = ("disk", "nic")
 NAME_MAX = 31
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")  # NAME_MAX characters
 IMPLICIT_PREFIX = "vbd"
 LATENCY_RE = re.compile(r"^(none|fixed:[0-9]+|hdd(:[0-9]+)?)$")
 HDD_RPM = (1000, 20000)
 ON_CRASH = ("wait", "fail")
+WIRE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+TAP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,17 @@ class DeviceSpec:
     fail_rate: float = 0.0  # EIO on this fraction of commands
     seed: int = 0
     on_crash: str = "wait"  # Dom0's driver, when the device dies: "wait" or "fail" its commands
+    # kind "nic" only:
+    wire: str = ""
+    tap: str = ""
+    tap_netns: str = ""
+    bridge: str = "xenbr0"
+    mac: str = ""
+    drop: float = 0.0
+    dup: float = 0.0
+    reorder: float = 0.0
+    delay_ms: float = 0.0
+    partition: bool = False
 
     def __post_init__(self) -> None:
         check_text("device name", self.name)
@@ -68,9 +87,43 @@ class DeviceSpec:
                               f"{', '.join(ON_CRASH)}, not {self.on_crash!r}")
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ConfigError(f"device {self.name}: fail_rate must be within 0..1")
+        self._check_nic()
+
+    def _check_nic(self) -> None:
+        where = f"device {self.name}"
+        for key in ("wire", "tap", "tap_netns", "bridge", "mac"):
+            check_text(f"{where}: {key}", getattr(self, key), empty_ok=True)
+        for key in ("drop", "dup", "reorder"):
+            v = getattr(self, key)
+            if type(v) not in (int, float) or not 0 <= v <= 1:
+                raise ConfigError(f"{where}: {key} must be within 0..1")
+        if type(self.delay_ms) not in (int, float) or not 0 <= self.delay_ms <= 10_000:
+            raise ConfigError(f"{where}: delay_ms must be within 0..10000")
+        if type(self.partition) is not bool:
+            raise ConfigError(f"{where}: partition must be true or false")
+        if self.kind != "nic":
+            if self.wire or self.tap or self.tap_netns or self.mac:
+                raise ConfigError(f"{where}: wire, tap, tap_netns and mac are for a nic")
+            return
+        if self.image:
+            raise ConfigError(f"{where}: a nic has no image")
+        if self.wire and not WIRE_RE.match(self.wire):
+            raise ConfigError(f"{where}: wire {self.wire!r}: letters, digits, '.', '_', '-'")
+        if self.tap and not TAP_RE.match(self.tap) or self.tap_netns and not self.tap:
+            raise ConfigError(f"{where}: tap must be an interface name (up to 15 characters)"
+                              " and tap_netns needs a tap")
+        if self.mac and not MAC_RE.match(self.mac):
+            raise ConfigError(f"{where}: mac must be like 00:16:3e:00:00:01")
 
     def argv(self) -> list[str]:
         """The device process's own options (the launcher adds the platform ones)."""
+        if self.kind == "nic":
+            argv = ["--seed", str(self.seed), "--drop", str(self.drop), "--dup", str(self.dup),
+                    "--reorder", str(self.reorder), "--delay-ms", str(self.delay_ms)]
+            for key in ("wire", "tap", "tap_netns", "mac"):
+                if getattr(self, key):
+                    argv += [f"--{key.replace('_', '-')}", getattr(self, key)]
+            return argv + (["--partition"] if self.partition else [])
         return ["--image", os.path.abspath(self.image), "--latency", self.latency,
                 "--fail-rate", str(self.fail_rate), "--seed", str(self.seed)]
 

@@ -5,8 +5,8 @@ Rules:
    The hypervisor from the run directory's PID record (launcher.rundir);
    a domain from the toolstack's `list` (each has its `pid`), or, when
    Domain-0 does not answer (it may be the one that is stopped), from the
-   domain processes' titles; a disk device from its title
-   `xenolab[<host>]: <name> (disk device)` among the host's processes.
+   domain processes' titles; a device from its title
+   `xenolab[<host>]: <name> (<kind> device)` among the host's processes.
 2. Before the signal, the process must still belong to that host: its
    title names the host, and its parent is who starts it (Xen for a
    domain, the supervisor for a device), both from the PID record.
@@ -75,9 +75,9 @@ def _domain(host: str, target: str, xen_pid: int) -> Target | None:
 
 
 def _device(host: str, target: str, supervisor: int) -> Target | None:
-    title = f"xenolab[{host}]: {target} (disk device)"
+    titles = {f"xenolab[{host}]: {target} ({kind} device)" for kind in ("disk", "nic")}
     for proc in rundir.host_processes(host):
-        if _title(proc) == title:
+        if _title(proc) in titles:
             return Target("device", target, proc.pid, supervisor)
     return None
 

@@ -35,7 +35,7 @@ from launcher.devspec import check_latency
 from launcher.fault_records import LineSplitter, LoadLog, WriterLog, parse_line, parse_reader, scan
 from launcher.fault_report import build_report
 from launcher.fault_rogue import Rogue
-from launcher.fault_scenario import DOM0, Fault, Scenario, actions, expand
+from launcher.fault_scenario import DOM0, WIRE_KEYS, Fault, Scenario, actions, expand
 from launcher.guestshell import GuestShell
 from launcher.host import Host
 from launcher.hostspec import ConfigError, HostSpec, default_host, load_host_toml
@@ -254,6 +254,10 @@ class Runner:
         elif f.action == "latency":
             spec = check_latency("none" if clears else f.detail["spec"])
             self.h.xl("phys_latency", dev=f.target, spec=spec, timeout_s=XL_TIMEOUT_S)
+        elif f.action == "wire":
+            clean = {k: (False if k == "partition" else 0.0) for k in WIRE_KEYS}
+            self.h.xl("nic_wire", dev=f.target, **(clean if clears else f.detail),
+                      timeout_s=XL_TIMEOUT_S)
         elif f.action == "rogue":
             rogue = self.rogues.setdefault(f.target, Rogue(self.h, f.target))
             a.result = rogue.do(f.detail["op"])

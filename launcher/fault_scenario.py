@@ -9,7 +9,9 @@ Rules:
    timeline is expanded, in file order, so the same seed gives the same run.
 3. Times are seconds from t0, the moment every writer has acknowledged its
    first batch. A fault that lasts (`for`, `hold`) is two actions: the fault
-   and its end (SIGCONT, fault mode "none", latency "none").
+   and its end (SIGCONT, fault mode "none", latency "none", a clean wire).
+   A `wire` fault's target is a NIC device; it sets that NIC's link faults
+   (drop, dup, reorder: 0..1; delay_ms; partition: devices.wirefaults).
 4. `expect` says what the host can do today: "recovery" (I/O resumes by
    itself), "host-reboot" (the host goes down; the runner boots it again),
    "no-recovery" (the host has no recovery for it yet: the report must say
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from launcher.hostspec import ConfigError
 
-ACTIONS = ("kill", "stop", "cont", "disk", "latency", "rogue")
+ACTIONS = ("kill", "stop", "cont", "disk", "latency", "rogue", "wire")
 SIGNALS = ("KILL", "TERM", "STOP", "CONT")
 DISK_MODES = ("eio", "hang", "none", "die")
 ROGUE_OPS = ("connect", "bad-requests", "revoke-grant", "flood", "corrupt-index")
@@ -71,6 +73,14 @@ class FaultSpec:
     expect: str | None = None
     repeat: int = 1
     every: float = 1.0
+    drop: float = 0.0  # wire: the link's faults
+    dup: float = 0.0
+    reorder: float = 0.0
+    delay_ms: float = 0.0
+    partition: bool = False
+
+
+WIRE_KEYS = ("drop", "dup", "reorder", "delay_ms", "partition")
 
 
 @dataclass(frozen=True)
@@ -127,7 +137,9 @@ class Fault:
         text = {"kill": f"kill -{d.get('signal', 'KILL')}", "stop": "SIGSTOP",
                 "cont": "SIGCONT", "disk": f"disk {d.get('mode')}"
                 + (f" rate {d['rate']}" if d.get("rate") else ""),
-                "latency": f"latency {d.get('spec')}", "rogue": f"rogue {d.get('op')}"}
+                "latency": f"latency {d.get('spec')}", "rogue": f"rogue {d.get('op')}",
+                "wire": "wire " + ", ".join(k if v is True else f"{k} {v}"
+                                            for k, v in d.items() if v)}
         return text[self.action] + (f" for {self.hold:.2f} s" if self.hold else "")
 
 
@@ -147,7 +159,7 @@ _SCENARIO_KEYS = {"name", "description", "host", "duration", "expect", "fsck",
                   "on_host_crash", "verify_in_guest", "recover_timeout", "sequential"}
 _WORKLOAD_KEYS = {"domain", "program", "path", "batch", "records", "pause", "args"}
 _FAULT_KEYS = {"action", "target", "at", "between", "signal", "for", "mode", "rate", "spec",
-               "op", "expect", "repeat", "every"}
+               "op", "expect", "repeat", "every", *WIRE_KEYS}
 _RANDOM_KEYS = {"count", "start", "interval", "hold", "kinds", "targets"}
 _SHORT_KEYS = {"duration", "count", "interval", "recover_timeout"}
 
@@ -276,7 +288,17 @@ def _fault(t: object, i: int) -> FaultSpec:
         raise ConfigError("repeat must be an integer >= 1")
     if not 0 <= float(t.get("rate", 0)) <= 1:
         raise ConfigError("rate must be 0..1")
+    _wire(t)
     return FaultSpec(target=target, **t)
+
+
+def _wire(t: dict) -> None:
+    for key in ("drop", "dup", "reorder"):
+        if type(t.get(key, 0)) not in (int, float) or not 0 <= t.get(key, 0) <= 1:
+            raise ConfigError(f"{key} must be 0..1")
+    _seconds("delay_ms", t.get("delay_ms", 0))
+    if type(t.get("partition", False)) is not bool:
+        raise ConfigError("partition must be true or false")
 
 
 def _random(t: object) -> RandomSpec:
@@ -331,6 +353,8 @@ def _make(spec: FaultSpec, at: float, target: str, expect: str) -> Fault:
         detail["spec"] = spec.spec
     elif action == "rogue":
         detail["op"] = spec.op
+    elif action == "wire":
+        detail.update({k: getattr(spec, k) for k in WIRE_KEYS})
     return Fault(0, at, action, target, detail, spec.hold, expect)
 
 
@@ -364,5 +388,5 @@ def actions(faults: list[Fault]) -> list[Action]:
     """Each fault, and the end of each one that lasts (rule 3), in time order."""
     out = [Action(f.at, f) for f in faults]
     out += [Action(f.at + f.hold, f, clears=True) for f in faults
-            if f.hold and f.action in ("stop", "disk", "latency")]
+            if f.hold and f.action in ("stop", "disk", "latency", "wire")]
     return sorted(out, key=lambda a: (a.at, a.clears))

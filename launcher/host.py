@@ -100,6 +100,9 @@ class Host:
                 json.dump(dom.to_wire(), f)
         with open(os.path.join(self.dir, "disks.json"), "w") as f:  # Dom0's driver policy
             json.dump({d.name: {"on_crash": d.on_crash} for d in self.spec.devices}, f)
+        with open(os.path.join(self.dir, "nics.json"), "w") as f:  # each NIC's bridge
+            json.dump({d.name: {"bridge": d.bridge} for d in self.spec.devices
+                       if d.kind == "nic"}, f)
 
     def _make_images(self) -> None:
         """Every disk device's image exists before the device opens it (rule 4)."""
@@ -117,6 +120,11 @@ class Host:
     def _start_devices(self) -> None:
         """Hardware first (launcher.firmware): each device gets a secret, an
         IRQ and a control socket whose other end goes to Xen."""
+        for dev in self.spec.devices:  # a NIC's TAP goes into an existing netns only
+            if dev.kind == "nic" and dev.tap_netns and not os.path.exists(
+                    os.path.join("/run/netns", dev.tap_netns)):
+                raise HostError(f"device {dev.name}: no network namespace {dev.tap_netns!r} "
+                                f"(ip netns add {dev.tap_netns})")
         self.firmware = Firmware(self.name, os.path.join(self.dir, "logs"), self._env(),
                                  self.progress)
         self.firmware.start_devices(self.spec.devices)

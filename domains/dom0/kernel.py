@@ -20,7 +20,7 @@ import sys
 import time
 
 from domains.dom0.blkback.service import BlkbackService
-from domains.dom0.drivers import probe, watch
+from domains.dom0.drivers import nic, probe, watch
 from domains.dom0.drivers.ops import build_phys_ops
 from domains.dom0.toolstack import ops
 from domains.dom0.toolstack.control import ControlServer
@@ -39,7 +39,9 @@ class Dom0:
         si = kernel.early_boot()
         self.restarted = bool(si.flags & SIF_DOM0_RESTART)
         self.disks = probe(kernel)  # the physical devices Xen assigned to us
-        watch(kernel, self.disks)  # their deaths and replacements
+        self.nics = nic.probe(kernel)
+        watch(kernel, {**self.disks, **self.nics})  # their deaths and replacements
+        nic.attach(getattr(self, "bridges", {}), self.nics)  # after dom0.bridges exists
         self.xenstored = XenstoredService(kernel, restart=self.restarted)
         self.xs = self.xenstored.local
         self.consoled = Xenconsoled(kernel, kernel.rundir)
@@ -47,7 +49,8 @@ class Dom0:
         if self.restarted:
             self.toolstack.take_over()
         self.blkback = BlkbackService(self)
-        self.control = ControlServer(self, {**ops.build_ops(self), **build_phys_ops(self)})
+        self.control = ControlServer(self, {**ops.build_ops(self), **build_phys_ops(self),
+                                            **nic.build_nic_ops(self)})
         self.consoled.on_output.append(lambda _d: self.control.recheck())
         self.toolstack.listeners.append(self.control.recheck)
         # Parked requests may wait on any node of a domain (xs_wait).

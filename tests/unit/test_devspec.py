@@ -39,7 +39,7 @@ def test_device_spec_rules() -> None:
         ({"name": "Disk0", "image": "/x"}, "lower-case"),
         ({"name": "0disk", "image": "/x"}, "lower-case"),
         ({"name": "d" * 32, "image": "/x"}, "lower-case"),
-        ({"name": "nic0", "kind": "nic", "image": "/x"}, "unknown kind"),
+        ({"name": "gpu0", "kind": "gpu", "image": "/x"}, "unknown kind"),
         ({"name": "disk0"}, "needs image"),
         ({"name": "disk0", "image": "/x", "latency": "ssd"}, "latency"),
         ({"name": "disk0", "image": "/x", "latency": "fixed:"}, "latency"),

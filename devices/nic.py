@@ -1,0 +1,338 @@
+"""The NIC device process: an Ethernet controller on a wire and/or a TAP.
+
+Rules:
+1. Process and platform: exactly the disk device's (devices.disk rules 1-2:
+   started by the launcher before Xen, a secret, a control socket for the
+   IOMMU table and domains' memory, an IRQ, MMIO on a PULL read only once
+   Dom0's memory is here). That machinery is inherited from DiskDevice;
+   only the controller differs.
+2. Register semantics (hypervisor.public.nicdev): "init" resets the
+   controller (frames waiting for RX buffers are dropped) and attaches to
+   the driver's two rings; "kick" runs both rings; "wire" sets the link's
+   fault model (devices.wirefaults) at run time.
+3. Media: the wire (devices.wire) and/or the TAP (devices.tap). A frame the
+   driver sends goes to every medium; a frame from any medium goes to the
+   driver. Each direction passes its own fault model.
+4. One thread: zmq_poll over Xen, the control socket, MMIO, the wire and
+   the TAP fd, until a message or the next timer (fault delays, hub
+   election, hello). Every turn ends with one push of both rings and at
+   most one IRQ (interrupt coalescing by batching).
+"""
+
+import argparse
+import signal
+import sys
+import time
+import zlib
+
+import zmq
+
+from devices.disk import HELLO_SEQ, IRQ_FRAME, PR_SET_PDEATHSIG, DiskDevice, log
+from devices.dma import DmaFault, Iommu
+from devices.niccore import NicCore
+from devices.tap import Tap
+from devices.wire import WirePort
+from devices.wirefaults import WireFaults, WireSettings
+from domains.kernel.ring import BackRing
+from hypervisor.public import envelope
+from hypervisor.public.nicdev import (
+    INFO_SIZE,
+    LINK_CHANGES_WORD,
+    LINK_FAULTY,
+    LINK_FLAGS_WORD,
+    LINK_PARTITIONED,
+    NIC_INFO_MAGIC,
+    RX_SLOT_SIZE,
+    TX_SLOT_SIZE,
+    InitStatus,
+    NicDevError,
+    NicFeature,
+    decode_mmio,
+    pack_info,
+)
+from hypervisor.public.platform import IOMMU_FOREIGN_BASE, PLATFORM_OP, PlatformOp
+
+MODEL = "Xenolab Virtual Ethernet"
+
+
+def parse_mac(text: str, host: str, name: str) -> bytes:
+    """The configured MAC, or a stable locally administered one."""
+    if text:
+        mac = bytes.fromhex(text.replace(":", ""))
+        if len(mac) != 6:
+            raise ValueError(f"bad MAC {text!r}")
+        return mac
+    return b"\x02\x58" + zlib.crc32(f"{host}/{name}".encode()).to_bytes(4, "big")
+
+
+class NicDevice(DiskDevice):
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.name, self.host, self.kind = a.name, a.host, "nic"
+        self.irq = a.irq
+        self.mac = parse_mac(a.mac, a.host, a.name)
+        settings = WireSettings(a.drop, a.dup, a.reorder, a.delay_ms, a.partition)
+        self.egress = WireFaults(settings, a.seed)
+        self.ingress = WireFaults(settings, a.seed + 1)
+        self.iommu = Iommu(0, IOMMU_FOREIGN_BASE, refresh=self._drain_ctl)
+        self.maps: dict = {}
+        self.core: NicCore | None = None
+        self.info: memoryview | None = None  # the driver's info page, cast("I")
+        self.link_changes = 0
+        self.hello_done = self.running = False
+        self.kicks = self.irqs = 0
+        self._open_channels(a)
+        self.wire = WirePort(self.ctx, a.wire) if a.wire else None
+        self.tap = self._open_tap(a.tap, a.tap_netns) if a.tap else None
+        if self.wire is not None:
+            self._watch_wire()
+        if self.tap is not None:
+            self.handlers[self.tap.fileno()] = self._on_tap
+            self.poller.register(self.tap.fileno(), zmq.POLLIN)
+
+    def _open_tap(self, name: str, netns: str) -> Tap | None:
+        """A TAP that cannot be made leaves the NIC without it (the info page's
+        features say so), rather than a device that dies and restarts for ever."""
+        try:
+            return Tap(name, netns)
+        except OSError as exc:
+            log(f"{self.name}: TAP {name}: {exc}; running without it")
+            return None
+
+    def _watch_wire(self) -> None:
+        for sock in self.wire.sockets():
+            if sock not in self.handlers:
+                handler = self._on_wire if sock is self.wire.sock else self.wire.hub.on_readable
+                self.handlers[sock] = handler
+                self.poller.register(sock, zmq.POLLIN)
+
+    # ---- the loop (rule 4) ------------------------------------------------------
+
+    def run(self) -> None:
+        self.running = True
+        self.xen.send(envelope.encode_request(HELLO_SEQ, PLATFORM_OP, PlatformOp.hello,
+                                              {"name": self.name, "kind": self.kind}))
+        while self.running:
+            for sock, _ in self.poller.poll(self._timeout_ms()):
+                self.handlers[sock]()
+            self._timers()
+            self._push()
+
+    def _timeout_ms(self) -> int:
+        times = [t for t in (self.egress.next_deadline(), self.ingress.next_deadline(),
+                             self.wire.next_deadline() if self.wire else None) if t is not None]
+        if not times:
+            return -1
+        return max(0, -(-(min(times) - time.monotonic_ns()) // 1_000_000))
+
+    def _timers(self) -> None:
+        now = time.monotonic_ns()
+        if self.wire is not None:
+            had_hub = self.wire.hub is not None
+            self.wire.tick(now)
+            if not had_hub and self.wire.hub is not None:
+                log(f"{self.name}: hub of wire {self.wire.name}")
+                self._watch_wire()
+        for frame in self.egress.due(now):
+            self._to_media(frame)
+        due = self.ingress.due(now)
+        if due and self.core is not None:
+            self.core.receive(due)
+
+    def _push(self) -> None:
+        if self.core is not None and self.core.push():
+            self.irqs += 1
+            self.raise_irq()
+
+    def raise_irq(self) -> None:
+        try:
+            self.xen.send(IRQ_FRAME, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # Xen is gone or wedged: the interrupt line goes nowhere
+
+    # ---- media (rule 3) --------------------------------------------------------------
+
+    def _to_media(self, frame: bytes) -> None:
+        if self.wire is not None:
+            self.wire.send(frame)
+        if self.tap is not None:
+            self.tap.send(frame)
+
+    def _from_media(self, frames: list[bytes]) -> None:
+        if self.ingress.settings.clean and not self.ingress.queue:
+            if self.core is not None:
+                self.core.receive(frames)
+            return
+        now = time.monotonic_ns()
+        for frame in frames:
+            self.ingress.offer(frame, now)
+        self._timers()
+
+    def _on_wire(self) -> None:
+        self._from_media(self.wire.recv_all())
+
+    def _on_tap(self) -> None:
+        self._from_media(self.tap.recv_all())
+
+    def _send_frames(self, frames: list[bytes]) -> None:
+        if self.egress.settings.clean and not self.egress.queue:
+            for frame in frames:
+                self._to_media(frame)
+            return
+        now = time.monotonic_ns()
+        for frame in frames:
+            self.egress.offer(frame, now)
+        for frame in self.egress.due(now):
+            self._to_media(frame)
+
+    # ---- MMIO (rule 2) ------------------------------------------------------------
+
+    def _hello_reply(self, rc: int, out) -> None:
+        if rc != 0 or not isinstance(out, dict):
+            log(f"{self.name}: Xen refused hello (rc {rc}); stopping")
+            self.running = False
+            return
+        self.iommu.dom0_pages = int(out["dom0_pages"])
+        self.iommu.foreign_base = int(out["foreign_base"])
+        self.hello_done = True
+        media = [f"wire {self.wire.name}"] if self.wire else []
+        media += [f"TAP {self.tap.name}" + (f" in netns {self.tap.netns}" if self.tap.netns
+                                            else "")] if self.tap else []
+        log(f"{self.name}: up on IRQ {out['irq']}, MAC {self.mac.hex(':')}, "
+            f"{' and '.join(media) or 'no medium'}, faults {self.egress.settings.describe()}")
+        self._check_ready()
+
+    def _on_mmio(self) -> None:
+        while self.running:
+            try:
+                frame = self.mmio.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = decode_mmio(frame)
+            except NicDevError as exc:
+                log(f"{self.name}: ignored MMIO write: {exc}")
+                continue
+            getattr(self, "_mmio_" + msg["op"])(msg)
+
+    def _mmio_init(self, msg: dict) -> None:
+        self._drain_ctl()  # a restarted Dom0's new memory (devices.disk)
+        self._reset()
+        try:
+            info = self.iommu.frame(msg["info_bfn"], write=True)
+        except DmaFault as exc:
+            log(f"{self.name}: init refused, info page: {exc}")
+            return
+        try:
+            tx = BackRing(self.iommu.contiguous(msg["tx_ring_bfn"], msg["tx_ring_pages"], True),
+                          TX_SLOT_SIZE)
+            rx = BackRing(self.iommu.contiguous(msg["rx_ring_bfn"], msg["rx_ring_pages"], True),
+                          RX_SLOT_SIZE)
+        except (DmaFault, ValueError) as exc:
+            log(f"{self.name}: init refused, rings: {exc}")
+            self._write_nic_info(info, 0, 0, InitStatus.bad_ring)
+            return
+        self.core = NicCore(tx, rx, self.iommu)
+        self._write_nic_info(info, tx.size, rx.size, InitStatus.ok)
+        log(f"{self.name}: init: TX ring {tx.size} slots at {msg['tx_ring_bfn']:#x}, "
+            f"RX ring {rx.size} slots at {msg['rx_ring_bfn']:#x}")
+
+    def _write_nic_info(self, page: memoryview, tx: int, rx: int, status: int) -> None:
+        features = (NicFeature.sg | (NicFeature.wire if self.wire else 0)
+                    | (NicFeature.tap if self.tap else 0))
+        page[:INFO_SIZE] = pack_info(self.mac, features, tx, rx, MODEL, status,
+                                     self.link_changes, self._link_flags())
+        self.info = page.cast("I")
+        page.release()
+        self.info[0] = NIC_INFO_MAGIC  # stored last (nicdev rule 4)
+        self.raise_irq()
+
+    def _link_flags(self) -> int:
+        s = self.egress.settings
+        return ((LINK_PARTITIONED if s.partition else 0)
+                | (LINK_FAULTY if s.drop or s.dup or s.reorder or s.delay_ms else 0))
+
+    def _reset(self) -> None:
+        if self.core is not None:
+            self.core.release()
+            self.core = None
+        if self.info is not None:
+            self.info.release()
+            self.info = None
+
+    def _mmio_kick(self, _msg: dict) -> None:
+        if self.core is None:
+            return
+        self.kicks += 1
+        frames = self.core.kick()
+        if frames:
+            self._send_frames(frames)
+
+    def _mmio_wire(self, msg: dict) -> None:
+        s = self.egress.settings.updated(
+            drop=msg.get("drop"), dup=msg.get("dup"), reorder=msg.get("reorder"),
+            delay_ms=msg.get("delay_ms"), partition=msg.get("partition"))
+        self.egress.set(s)
+        self.ingress.set(s)
+        self.link_changes += 1
+        if self.info is not None:  # the link status register (nicdev rule 4)
+            self.info[LINK_FLAGS_WORD] = self._link_flags()
+            self.info[LINK_CHANGES_WORD] = self.link_changes & 0xFFFFFFFF
+        log(f"{self.name}: wire faults: {s.describe()}")
+
+    def statistics(self) -> dict:
+        counts = dict(self.core.counts) if self.core is not None else {}
+        return {**counts, "kicks": self.kicks, "irqs": self.irqs,
+                "egress": self.egress.counts, "ingress": self.ingress.counts}
+
+    def close(self) -> None:
+        log(f"{self.name}: {self.statistics()}")
+        self._reset()
+        if self.wire is not None:
+            self.wire.close()
+        if self.tap is not None:
+            self.tap.close()
+        self.xen.close(0)
+        self.mmio.close(0)
+        self.ctx.term()
+        self.ctl.close()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="devices.nic", description=__doc__.splitlines()[0])
+    for opt in ("--host", "--name", "--endpoint", "--secret"):
+        p.add_argument(opt, required=True)
+    p.add_argument("--ctl-fd", type=int, required=True)
+    p.add_argument("--irq", type=int, required=True)
+    p.add_argument("--mac", default="")
+    p.add_argument("--wire", default="")
+    p.add_argument("--tap", default="")
+    p.add_argument("--tap-netns", default="")
+    for opt in ("--drop", "--dup", "--reorder", "--delay-ms"):
+        p.add_argument(opt, type=float, default=0.0)
+    p.add_argument("--partition", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def _as_hardware(a: argparse.Namespace) -> None:
+    import ctypes
+
+    from setproctitle import setproctitle
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the launcher
+    setproctitle(f"xenolab[{a.host}]: {a.name} (nic device)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    _as_hardware(a)
+    dev = NicDevice(a)
+    try:
+        dev.run()
+    finally:
+        dev.close()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
