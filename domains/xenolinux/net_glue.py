@@ -1,0 +1,172 @@
+"""The guest's network subsystem: one TCP/IP stack, its timers, its interfaces.
+
+Rules:
+1. The stack (domains.xenolinux.net, sans-IO) is entered only through `call()`
+   (socket calls), a received frame, or the stack timer; each entry ends with
+   stack.flush(), which hands each device its one batch of frames. Frames that
+   netfront delivers in one upcall share one flush (scheduled with call_soon_once).
+2. One kernel timer (kernel.call_at) follows stack.next_deadline_ns(); it is
+   re-armed when the stack's on_change fires and after every entry.
+3. `lo` (127.0.0.1/8) always exists. A netdev (netfront's, contract §1) is brought
+   up when it attaches if Linux's `ip=` boot parameter names it (or names no
+   device: then the first one); the default route is set from its gateway.
+   Without `ip=` a netdev stays down, as in Linux without a configuration.
+4. The stack class is injected (tests) or imported lazily, so a kernel without
+   the TCP/IP core still boots; its socket() is then EAFNOSUPPORT.
+"""
+
+import errno
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class IpConfig:
+    """Linux's `ip=<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>`."""
+
+    client: str
+    gateway: str | None
+    prefix: int
+    hostname: str
+    device: str  # "" = the first device that attaches
+
+
+def parse_ip_param(value: str | None) -> IpConfig | None:
+    """The static configuration in `ip=`; None for off/dhcp/none or nonsense.
+
+    The model's own parser: the contract's domains/xenolinux/net/config.py was not on
+    this branch when it was written."""
+    if not value or value in ("off", "none", "dhcp", "on", "any"):
+        return None
+    fields = (value.split(":") + [""] * 7)[:7]
+    client, _server, gw, mask, host, dev = fields[:6]
+    try:
+        ipaddress.IPv4Address(client)
+        gateway = str(ipaddress.IPv4Address(gw)) if gw else None
+        prefix = ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen if mask else 24
+    except ValueError:
+        return None
+    return IpConfig(client, gateway, prefix, host, dev)
+
+
+@dataclass
+class Interface:
+    name: str
+    dev: object | None  # None: lo
+    ip: str | None = None
+    prefix: int = 0
+
+
+def _default_stack():
+    from domains.xenolinux.net.stack import NetStack  # A1's core; absent before the merge
+    return NetStack
+
+
+class NetGlue:
+    def __init__(self, kernel, printk: Callable[[str], None], ip_param: str | None = None,
+                 stack_factory=None) -> None:
+        self.k, self.printk = kernel, printk
+        self.config = parse_ip_param(ip_param)
+        if ip_param and self.config is None and ip_param not in ("off", "none", "dhcp"):
+            printk(f"IP-Config: cannot parse ip={ip_param}; not configuring")
+        self.interfaces: dict[str, Interface] = {}
+        self.stack = None
+        self.timer = None
+        self.armed_ns: int | None = None
+        self.flush_queued = False
+        try:
+            factory = stack_factory or _default_stack()
+        except ImportError:
+            printk("NET: no TCP/IP stack in this kernel: sockets unavailable")
+            return
+        self.stack = factory(time.monotonic_ns)
+        self.stack.on_change = self._arm
+        self.call(self.stack.add_interface, "lo", None, "127.0.0.1", 8)
+        self.interfaces["lo"] = Interface("lo", None, "127.0.0.1", 8)
+        printk("NET: Registered PF_INET protocol family; lo: 127.0.0.1/8")
+
+    # ---- entering the stack ---------------------------------------------------
+
+    def call(self, fn, *args):
+        """Run one stack operation, then flush its output and re-arm its timer."""
+        try:
+            return fn(*args)
+        finally:
+            self.stack.flush()
+            self._arm()
+
+    def socket(self, kind: int):
+        if self.stack is None:
+            raise OSError(errno.EAFNOSUPPORT, "no TCP/IP stack")
+        return self.call(self.stack.socket, kind)
+
+    def _arm(self) -> None:
+        deadline = self.stack.next_deadline_ns()
+        if deadline == self.armed_ns:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.armed_ns = deadline
+        self.timer = None if deadline is None else self.k.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self.timer = self.armed_ns = None
+        self.call(self.stack.on_timer)
+
+    def _received(self) -> None:
+        """After an upcall's frames: one flush for all of them."""
+        self.flush_queued = False
+        self.stack.flush()
+        self._arm()
+
+    # ---- devices ----------------------------------------------------------------
+
+    def attach(self, dev) -> None:
+        """guest.on_netdev: a netfront reached Connected (contract §1)."""
+        if dev.name in self.interfaces:
+            return
+        iface = Interface(dev.name, dev)
+        self.interfaces[dev.name] = iface
+        mac = ":".join(f"{b:02x}" for b in dev.mac)
+        cfg = self.config
+        if self.stack is None or cfg is None or cfg.device not in ("", dev.name):
+            self.printk(f"NET: {dev.name}: {mac}, not configured (no ip= for it)")
+            return
+        if cfg.device == "":
+            self.config = IpConfig(cfg.client, cfg.gateway, cfg.prefix, cfg.hostname, dev.name)
+        self.call(self.stack.add_interface, dev.name, dev, cfg.client, cfg.prefix)
+        self._batch_input(dev)
+        iface.ip, iface.prefix = cfg.client, cfg.prefix
+        if cfg.gateway:
+            self.call(self.stack.set_default_route, cfg.gateway)
+        self.printk(f"IP-Config: {dev.name} ({mac}) {cfg.client}/{cfg.prefix}"
+                    f"{f' via {cfg.gateway}' if cfg.gateway else ''}")
+
+    def _batch_input(self, dev) -> None:
+        """Wrap the receiver the stack set: frames go in, one flush follows later."""
+        inner = dev.receiver
+
+        def receive(frame: bytes, gso_size: int) -> None:
+            inner(frame, gso_size)
+            if not self.flush_queued:
+                self.flush_queued = True
+                self.k.call_soon(self._received)
+        dev.receiver = receive
+
+    def describe(self) -> list[dict]:
+        """What ifconfig shows: one record per interface."""
+        out = []
+        for i in self.interfaces.values():
+            dev = i.dev
+            rec = {"name": i.name, "ip": i.ip, "prefix": i.prefix, "up": i.ip is not None,
+                   "mac": dev.mac.hex(":") if dev is not None else "00:00:00:00:00:00",
+                   "mtu": getattr(dev, "mtu", 65536), "gso": bool(getattr(dev, "gso", False))}
+            stats = getattr(dev, "statistics", None)
+            if callable(stats):
+                s = stats()
+                rec["stats"] = {k: v for k, v in getattr(s, "__dict__", {}).items()
+                                if isinstance(v, int)} or (dict(s) if isinstance(s, dict) else {})
+            out.append(rec)
+        return out
