@@ -46,9 +46,10 @@ def strerror(err: int) -> str:
     return f"{_NAMES.get(err, 'E?')} ({_os.strerror(err)})"
 
 
-def crc32(data: bytes) -> int:
-    """CRC-32 (zlib's, as `cksum -a crc32b`) of `data`: user-space arithmetic."""
-    return _zlib.crc32(data) & 0xFFFFFFFF
+def crc32(data: bytes, value: int = 0) -> int:
+    """CRC-32 (zlib's, as `cksum -a crc32b`) of `data`, continuing from `value`:
+    user-space arithmetic."""
+    return _zlib.crc32(data, value) & 0xFFFFFFFF
 
 
 def _is_ipv4(name: str) -> bool:

@@ -15,6 +15,7 @@ Rules:
    the TCP/IP core still boots; its socket() is then EAFNOSUPPORT.
 """
 
+import dataclasses
 import errno
 import ipaddress
 import time
@@ -163,10 +164,10 @@ class NetGlue:
             rec = {"name": i.name, "ip": i.ip, "prefix": i.prefix, "up": i.ip is not None,
                    "mac": dev.mac.hex(":") if dev is not None else "00:00:00:00:00:00",
                    "mtu": getattr(dev, "mtu", 65536), "gso": bool(getattr(dev, "gso", False))}
-            stats = getattr(dev, "statistics", None)
+            stats = getattr(dev, "statistics", None)  # a driver's counters, if it keeps any
             if callable(stats):
                 s = stats()
-                rec["stats"] = {k: v for k, v in getattr(s, "__dict__", {}).items()
-                                if isinstance(v, int)} or (dict(s) if isinstance(s, dict) else {})
+                d = dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s
+                rec["stats"] = {k: v for k, v in dict(d).items() if isinstance(v, int)}
             out.append(rec)
         return out

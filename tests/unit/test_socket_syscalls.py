@@ -3,127 +3,14 @@ TCP/IP core (tests/support/fakestack.py): blocking, wake-ups, errors, poll,
 descriptors and the stack's flush/timer wiring (domains.xenolinux.net_glue)."""
 
 import errno
-import time
-import types
 
-from domains.xenolinux import abi, libc, poll
+from domains.xenolinux import abi
 from domains.xenolinux.net_glue import NetGlue
 from domains.xenolinux.process import exited
-from domains.xenolinux.sched import Scheduler
-from domains.xenolinux.syscalls import TABLE
-from domains.xenolinux.task import Wait, wait_driver
-from domains.xenolinux.vfs import Vfs
-from tests.support.fakestack import CONNECT_TIMEOUT_NS, FakeStack
+from tests.support.fakestack import CONNECT_TIMEOUT_NS
+from tests.support.guestsim import Clock, FakeKernel, Os
 
 LO = "127.0.0.1"
-
-
-class Clock:
-    """The stack's and the fake kernel's clock: starts at the real monotonic time
-    (poll computes its deadline from it) and moves only when a test says so."""
-
-    def __init__(self):
-        self.ns = time.monotonic_ns()
-
-    def __call__(self):
-        return self.ns
-
-
-class Timer:
-    def __init__(self, deadline, fn):
-        self.deadline, self.fn, self.cancelled = deadline, fn, False
-
-    def cancel(self):
-        self.cancelled = True
-
-
-class FakeKernel:
-    """The event loop: call_soon and call_at, on a clock the test moves."""
-
-    def __init__(self, clock):
-        self.clock, self.ready, self.timers = clock, [], []
-
-    def call_soon(self, fn):
-        self.ready.append(fn)
-
-    def call_soon_once(self, fn):
-        if fn not in self.ready:
-            self.ready.append(fn)
-
-    def call_at(self, deadline, fn):
-        t = Timer(deadline, fn)
-        self.timers.append(t)
-        return t
-
-    def live_timers(self):
-        return [t for t in self.timers if not t.cancelled]
-
-    def run(self, limit=100_000):
-        for _ in range(limit):
-            due = [t for t in self.live_timers() if t.deadline <= self.clock.ns]
-            if not self.ready and not due:
-                return
-            for t in due:
-                self.timers.remove(t)
-                t.fn()
-            if self.ready:
-                self.ready.pop(0)()
-        raise AssertionError("the kernel never went idle")
-
-    def advance(self, ns):
-        self.clock.ns += ns
-        self.run()
-
-
-class FakeMm:
-    """A flat user memory with brk (enough for libc's malloc)."""
-
-    def __init__(self):
-        self.aspace = types.SimpleNamespace(current=True, switch_to=lambda: None)
-        self.frames, self.mem, self.brk = {}, bytearray(), 0x1000
-
-    def load(self, addr, n):
-        return bytes(self.mem[addr - 0x1000:addr - 0x1000 + n])
-
-    def store(self, addr, data):
-        self.mem[addr - 0x1000:addr - 0x1000 + len(data)] = data
-
-    def set_brk(self, addr):
-        if addr > self.brk:
-            self.mem.extend(bytes(addr - self.brk))
-            self.brk = addr
-        return self.brk
-
-    def destroy(self):
-        pass
-
-
-class Os:
-    def __init__(self):
-        self.clock = Clock()
-        self.k = FakeKernel(self.clock)
-        self.stacks = []
-
-        def factory(_now):
-            s = FakeStack(self.clock)
-            self.stacks.append(s)
-            return s
-        self.net = NetGlue(self.k, lambda m: None, None, stack_factory=factory)
-        self.vfs = Vfs({})
-        self.waits = {Wait: wait_driver, poll.WaitAny: poll.driver(self.k)}
-        self.sched = Scheduler(self.k, print, TABLE, self.waits)
-        self.sched.os = self
-
-    @property
-    def stack(self):
-        return self.stacks[0]
-
-    def spawn(self, prog, name="p"):
-        p = self.sched.new_process(None, name, [name], 2, "/")
-        p.mm = FakeMm()
-        p.coro = prog(types.SimpleNamespace(**libc.instantiate(p.mm.load, p.mm.store)))
-        self.sched.start(p)
-        return p
 
 
 def S(name, *args):  # noqa: N802 - a raw system call, as a program yields it
