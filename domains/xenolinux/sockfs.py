@@ -59,6 +59,14 @@ class SocketFile(CharDevice):
     def _call(self, fn, *args):
         return self.net.call(fn, *args)
 
+    def _try(self, would_block, fn, *args):
+        """A non-blocking Sock call; `would_block` if it says so (by value, as the
+        contract has it, or as EAGAIN), so EAGAIN never reaches a blocking caller."""
+        try:
+            return self._call(fn, *args)
+        except BlockingIOError:
+            return would_block
+
     # ---- poll ---------------------------------------------------------------
 
     def poll(self) -> int:
@@ -85,7 +93,7 @@ class SocketFile(CharDevice):
         if self.kind != abi.SOCK_STREAM:
             raise OSError(errno.EOPNOTSUPP, "accept on a datagram socket")
         while True:
-            new = self._call(self.sock.accept)
+            new = self._try(None, self.sock.accept)
             if new is not None:
                 return SocketFile(self.net, new, self.kind)
             yield self.wq.wait()
@@ -95,7 +103,7 @@ class SocketFile(CharDevice):
         if self.kind != abi.SOCK_STREAM:
             self.peer = addr
             return 0
-        self._call(self.sock.connect, addr)
+        self._try(None, self.sock.connect, addr)  # EINPROGRESS, if said, is no error
         while not self.sock.connected:
             self._error()
             yield self.wq.wait()
@@ -108,7 +116,7 @@ class SocketFile(CharDevice):
             return (yield from self.sendto(data, self.peer))
         total = 0
         while total < len(data):
-            n = self._call(self.sock.send, data[total:])
+            n = self._try(0, self.sock.send, data[total:])
             if n:
                 total += n
                 continue
@@ -124,9 +132,9 @@ class SocketFile(CharDevice):
     def recv(self, n: int):
         while True:
             if self.kind == abi.SOCK_STREAM:
-                data = self._call(self.sock.recv, n)
+                data = self._try(None, self.sock.recv, n)
             else:
-                got = self._call(self.sock.recvfrom, n)
+                got = self._try(None, self.sock.recvfrom, n)
                 data = None if got is None else got[0]
             if data is not None:
                 return data
@@ -138,7 +146,7 @@ class SocketFile(CharDevice):
             return (yield from self.send(data))
         addr = check_addr(addr)
         while True:
-            n = self._call(self.sock.sendto, data, addr)
+            n = self._try(0, self.sock.sendto, data, addr)
             if n:
                 return n
             self._error()
@@ -148,7 +156,7 @@ class SocketFile(CharDevice):
         if self.kind == abi.SOCK_STREAM:
             return (yield from self.recv(n)), self.peer
         while True:
-            got = self._call(self.sock.recvfrom, n)
+            got = self._try(None, self.sock.recvfrom, n)
             if got is not None:
                 return got
             self._error()

@@ -121,3 +121,18 @@ def test_nettput_over_loopback_both_ends_agree(sh):
 def test_ifconfig_shows_lo(sh):
     out = sh.run("ifconfig")
     assert out.startswith("lo: flags=<UP,LOOPBACK>") and "inet 127.0.0.1/8" in out
+
+
+def test_the_trace_marks_where_a_socket_call_blocks_and_resumes(make_host):
+    from hypervisor.public import trace as T
+    from launcher import trace as C
+    h = make_host(parse_host_toml(HOST, "test"), trace=True)
+    sh = Shell(GuestShell(h, "n1"))
+    pid = sh.background("echod -n 1 > /tmp/echod")
+    assert sh.run("netfoo 127.0.0.1").endswith("same")
+    assert sh.finished(pid) == "exit 0"
+    events = C.load(C.folder(h.name))
+    blocked = {(e.a, e.s) for e in events if e.point == T.PROC_BLOCK}
+    assert (int(pid), "accept") in blocked and (int(pid), "recv") in blocked
+    woken = {e.trace_id for e in events if e.point == T.PROC_WAKE}
+    assert {e.trace_id for e in events if e.point == T.PROC_BLOCK and e.s == "accept"} <= woken
