@@ -43,7 +43,7 @@ SYSCALLS = (
     "dup", "dup2", "brk", "mmap", "munmap", "sleep", "time", "clock", "sched_yield",
     "xen_mmu_probe", "drop_caches", "cachestat", "blkread_ns",
     "socket", "bind", "listen", "accept", "connect", "send", "recv", "sendto", "recvfrom",
-    "shutdown", "poll", "netifs",
+    "shutdown", "getsockname", "getpeername", "poll", "netifs",
 )
 
 

@@ -8,8 +8,8 @@ Rules:
 2. One kernel timer (kernel.call_at) follows stack.next_deadline_ns(); it is
    re-armed when the stack's on_change fires and after every entry.
 3. `lo` (127.0.0.1/8) always exists. A netdev (netfront's, contract §1) is brought
-   up when it attaches if Linux's `ip=` boot parameter names it (or names no
-   device: then the first one); the default route is set from its gateway.
+   up when it attaches if Linux's `ip=` boot parameter names it (the core's
+   parser: no device means eth0); the default route is set from its gateway.
    Without `ip=` a netdev stays down, as in Linux without a configuration.
 4. The stack class is injected (tests) or imported lazily, so a kernel without
    the TCP/IP core still boots; its socket() is then EAFNOSUPPORT.
@@ -17,39 +17,23 @@ Rules:
 
 import dataclasses
 import errno
-import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
-class IpConfig:
-    """Linux's `ip=<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>`."""
-
-    client: str
-    gateway: str | None
-    prefix: int
-    hostname: str
-    device: str  # "" = the first device that attaches
-
-
-def parse_ip_param(value: str | None) -> IpConfig | None:
-    """The static configuration in `ip=`; None for off/dhcp/none or nonsense.
-
-    The model's own parser: the contract's domains/xenolinux/net/config.py was not on
-    this branch when it was written."""
-    if not value or value in ("off", "none", "dhcp", "on", "any"):
-        return None
-    fields = (value.split(":") + [""] * 7)[:7]
-    client, _server, gw, mask, host, dev = fields[:6]
+def ip_config(cmdline: str, printk: Callable[[str], None]):
+    """The static configuration in the cmdline's `ip=` (the core's parser,
+    domains/xenolinux/net/config.py): fields ip, prefix, gateway, device; or None."""
     try:
-        ipaddress.IPv4Address(client)
-        gateway = str(ipaddress.IPv4Address(gw)) if gw else None
-        prefix = ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen if mask else 24
-    except ValueError:
+        from domains.xenolinux.net.config import from_cmdline
+    except ImportError:
         return None
-    return IpConfig(client, gateway, prefix, host, dev)
+    try:
+        return from_cmdline(cmdline)
+    except OSError as err:
+        printk(f"IP-Config: bad ip= ({err.strerror}); not configuring")
+        return None
 
 
 @dataclass
@@ -66,12 +50,10 @@ def _default_stack():
 
 
 class NetGlue:
-    def __init__(self, kernel, printk: Callable[[str], None], ip_param: str | None = None,
+    def __init__(self, kernel, printk: Callable[[str], None], config=None,
                  stack_factory=None) -> None:
         self.k, self.printk = kernel, printk
-        self.config = parse_ip_param(ip_param)
-        if ip_param and self.config is None and ip_param not in ("off", "none", "dhcp"):
-            printk(f"IP-Config: cannot parse ip={ip_param}; not configuring")
+        self.config = config  # from ip_config(): .ip, .prefix, .gateway, .device
         self.interfaces: dict[str, Interface] = {}
         self.stack = None
         self.timer = None
@@ -132,17 +114,15 @@ class NetGlue:
         self.interfaces[dev.name] = iface
         mac = ":".join(f"{b:02x}" for b in dev.mac)
         cfg = self.config
-        if self.stack is None or cfg is None or cfg.device not in ("", dev.name):
+        if self.stack is None or cfg is None or cfg.device != dev.name:
             self.printk(f"NET: {dev.name}: {mac}, not configured (no ip= for it)")
             return
-        if cfg.device == "":
-            self.config = IpConfig(cfg.client, cfg.gateway, cfg.prefix, cfg.hostname, dev.name)
-        self.call(self.stack.add_interface, dev.name, dev, cfg.client, cfg.prefix)
+        self.call(self.stack.add_interface, dev.name, dev, cfg.ip, cfg.prefix)
         self._batch_input(dev)
-        iface.ip, iface.prefix = cfg.client, cfg.prefix
+        iface.ip, iface.prefix = cfg.ip, cfg.prefix
         if cfg.gateway:
             self.call(self.stack.set_default_route, cfg.gateway)
-        self.printk(f"IP-Config: {dev.name} ({mac}) {cfg.client}/{cfg.prefix}"
+        self.printk(f"IP-Config: {dev.name} ({mac}) {cfg.ip}/{cfg.prefix}"
                     f"{f' via {cfg.gateway}' if cfg.gateway else ''}")
 
     def _batch_input(self, dev) -> None:

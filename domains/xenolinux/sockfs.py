@@ -163,10 +163,18 @@ class SocketFile(CharDevice):
             yield self.wq.wait()
 
     def shutdown(self, how: int) -> None:
-        fn = getattr(self.sock, "shutdown", None)
-        if fn is None:
-            raise OSError(errno.EOPNOTSUPP, "the stack has no shutdown")
-        self._call(fn, how)
+        """shutdown(2): SHUT_WR (or RDWR) sends FIN after the queued data; the
+        model keeps reading (SHUT_RD is accepted and changes nothing)."""
+        if how in (abi.SHUT_WR, abi.SHUT_RDWR) and self.kind == abi.SOCK_STREAM:
+            self._call(self.sock.shutdown_write)
+
+    def address(self, peer: bool) -> tuple[str, int]:
+        """getsockname/getpeername; a datagram socket's peer is its connect()."""
+        if peer and self.kind != abi.SOCK_STREAM:
+            if self.peer is None:
+                raise OSError(errno.ENOTCONN, "not connected")
+            return self.peer
+        return self.sock.peername() if peer else self.sock.sockname()
 
     # ---- the file interface (read/write/close) ----------------------------------
 

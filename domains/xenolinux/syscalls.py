@@ -373,6 +373,14 @@ def sys_shutdown(os, p, fd, how=abi.SHUT_WR):
     return 0
 
 
+def sys_getsockname(os, p, fd):
+    return _sock(p, fd).address(peer=False)
+
+
+def sys_getpeername(os, p, fd):
+    return _sock(p, fd).address(peer=True)
+
+
 def sys_poll(os, p, fds, timeout_ms=-1):
     """poll(2) over [(fd, events), ...]; [(fd, revents), ...] of the ready ones
     ([] at the timeout). timeout_ms < 0 waits for ever."""

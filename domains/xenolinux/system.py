@@ -21,7 +21,7 @@ from domains.xenolinux import trace as T
 from domains.xenolinux.blockdev import BlockDevice
 from domains.xenolinux.fs.bcache import BufferCache
 from domains.xenolinux.fs.ext2 import Ext2
-from domains.xenolinux.net_glue import NetGlue
+from domains.xenolinux.net_glue import NetGlue, ip_config
 from domains.xenolinux.procmm import ProcessMemory
 from domains.xenolinux.sched import INIT_PID, Scheduler
 from domains.xenolinux.syscalls import TABLE
@@ -63,7 +63,7 @@ class XenoLinux:
         self.block: BlockDevice | None = None
         self.cache: BufferCache | None = None
         guest.before_shutdown = self._sync_then
-        self.net = NetGlue(self.k, self.printk, opts.get("ip"))
+        self.net = NetGlue(self.k, self.printk, ip_config(guest.si.cmdline, self.printk))
         self._attach_netdevs(guest)
 
     # ---- boot ----------------------------------------------------------------

@@ -105,7 +105,7 @@ def test_httpd_serves_files_to_wget(sh):
     assert sh.run("wget http://127.0.0.1/nothing.html ; echo $?").endswith("1")
     assert sh.finished(pid) == "exit 0"
     log = sh.run("cat /tmp/httpd.log")
-    assert '"GET / HTTP/1.0" 200' in log and '"GET /nothing.html HTTP/1.0" 404' in log
+    assert '127.0.0.1 "GET / HTTP/1.0" 200' in log and '"GET /nothing.html HTTP/1.0" 404' in log
 
 
 def test_nettput_over_loopback_both_ends_agree(sh):

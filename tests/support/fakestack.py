@@ -16,7 +16,6 @@ from collections import deque
 SOCK_STREAM, SOCK_DGRAM, SOCK_ICMP = 1, 2, 3
 SNDBUF = RCVBUF = 64 * 1024
 CONNECT_TIMEOUT_NS = 200_000_000
-SHUT_WR = 1
 
 
 class FakeStack:
@@ -92,7 +91,7 @@ class FakeSock:
 
     def _autobind(self) -> None:
         if self.local is None:
-            self.bind(("0.0.0.0", 0))
+            self.bind(("127.0.0.1", 0))  # loopback is all the fake has
 
     def bind(self, addr) -> None:
         ip, port = addr
@@ -216,10 +215,17 @@ class FakeSock:
             return data[:n], src
         return None
 
-    def shutdown(self, how: int) -> None:
-        if how & SHUT_WR or how == 2:
-            self.fin_out = True
-            self.stack.work.append(self._push)
+    def shutdown_write(self) -> None:
+        self.fin_out = True
+        self.stack.work.append(self._push)
+
+    def sockname(self):
+        return self.local or ("0.0.0.0", 0)
+
+    def peername(self):
+        if self.peer_sock is None:
+            raise OSError(errno.ENOTCONN, "not connected")
+        return self.peer_sock.sockname()
 
     def close(self) -> None:
         if self.closed:

@@ -1,18 +1,22 @@
-"""The network subsystem's wiring: Linux's ip= parameter, netdevs attaching
-(contract §1), one flush per upcall's frames, the stack timer on the kernel."""
+"""The network subsystem's wiring: netdevs attaching (contract §1) and configured
+from the ip= record, one flush per upcall's frames, the stack timer on the kernel.
+(Parsing ip= itself is the core's: domains/xenolinux/net/config.py.)"""
 
-from domains.xenolinux.net_glue import IpConfig, parse_ip_param
+from typing import NamedTuple
+
+from domains.xenolinux.net_glue import ip_config
 from tests.support.guestsim import Os
 
 
-def test_ip_param_follows_linux_nfsroot_syntax():
-    assert parse_ip_param("10.0.0.11::10.0.0.1:255.255.255.0:d1:eth0:off") == \
-        IpConfig("10.0.0.11", "10.0.0.1", 24, "d1", "eth0")
-    assert parse_ip_param("192.168.1.5:::255.255.0.0") == \
-        IpConfig("192.168.1.5", None, 16, "", "")
-    assert parse_ip_param("10.1.2.3") == IpConfig("10.1.2.3", None, 24, "", "")
-    for bad in (None, "", "off", "dhcp", "10.0.0.300", "10.0.0.1::x", "10.0.0.1:::255.0.255.0"):
-        assert parse_ip_param(bad) is None
+class IpConfig(NamedTuple):  # the shape of net/config.py's record
+    ip: str
+    prefix: int
+    gateway: str | None
+    device: str
+    hostname: str = ""
+
+
+D1 = IpConfig("10.0.0.11", 24, "10.0.0.1", "eth0", "d1")
 
 
 class Dev:
@@ -21,14 +25,14 @@ class Dev:
         self.receiver = None
 
 
-def os_with(ip):
+def os_with(config):
     os = Os()
-    os.net.config = parse_ip_param(ip)
+    os.net.config = config
     return os
 
 
 def test_the_device_named_by_ip_is_configured_with_its_default_route():
-    os = os_with("10.0.0.11::10.0.0.1:255.255.255.0:d1:eth0:off")
+    os = os_with(D1)
     eth1, eth0 = Dev("eth1"), Dev("eth0")
     os.net.attach(eth1)
     os.net.attach(eth0)
@@ -41,14 +45,14 @@ def test_the_device_named_by_ip_is_configured_with_its_default_route():
     assert not shown["eth1"]["up"] and shown["eth1"]["ip"] is None
 
 
-def test_without_a_device_in_ip_the_first_netdev_gets_the_address():
-    os = os_with("10.0.0.12:::255.255.255.0")
+def test_without_ip_a_netdev_stays_down():
+    os = os_with(None)
     os.net.attach(Dev("eth0"))
-    assert os.stack.ifaces["eth0"][1] == "10.0.0.12" and os.stack.gateway is None
+    assert list(os.stack.ifaces) == ["lo"] and os.stack.gateway is None
 
 
 def test_frames_of_one_upcall_share_one_flush():
-    os = os_with("10.0.0.11::10.0.0.1:255.255.255.0:d1:eth0:off")
+    os = os_with(D1)
     dev = Dev()
     os.net.attach(dev)
     os.k.run()
@@ -58,3 +62,7 @@ def test_frames_of_one_upcall_share_one_flush():
     assert os.stack.flushes == before
     os.k.run()
     assert os.stack.flushes == before + 1
+
+
+def test_ip_config_is_none_when_the_cmdline_has_none():
+    assert ip_config("blkfront=on init.run=/bin/true", print) is None

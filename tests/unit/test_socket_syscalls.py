@@ -24,6 +24,7 @@ def server(port, log, reply=b"pong"):
         yield S("listen", fd, 4)
         conn = yield S("accept", fd)
         log.append(("accepted", conn))
+        log.append(("peer", (yield S("getpeername", conn))[0]))
         data = yield from c.recv_bytes(conn, 100)
         log.append(("got", data))
         log.append(("sent", (yield from c.send_bytes(conn, reply))))
@@ -53,7 +54,8 @@ def test_tcp_over_loopback_blocks_in_accept_and_recv_and_wakes():
     assert srv.state.value == "S" and slog == [("bind", 0)]  # asleep in accept
     cli = os.spawn(client(7, clog))
     os.k.run()
-    assert slog == [("bind", 0), ("accepted", 1), ("got", b"ping"), ("sent", 4)]
+    assert slog == [("bind", 0), ("accepted", 1), ("peer", LO), ("got", b"ping"),
+                    ("sent", 4)]
     assert clog == [("connect", 0), ("reply", b"pong"), ("reply", b"")]
     assert srv.status == exited(0) and cli.status == exited(0)
     assert os.stack.flushes > 0 and not os.stack.work  # every entry was flushed
