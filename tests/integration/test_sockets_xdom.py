@@ -32,7 +32,8 @@ def test_ifconfig_shows_eth0_configured_from_ip(pair):
     d1, _ = pair
     out = d1.run("ifconfig")
     assert re.search(r"eth0: flags=<UP[^>]*>  mtu 1500\n\s+inet 10.0.0.11/24\n"
-                     r"\s+ether 00:16:3e:00:00:11", out), out
+                     r"\s+ether 00:16:3e:00:00:11\n\s+RX packets \d+  bytes \d+\n"
+                     r"\s+TX packets \d+  bytes \d+", out), out
 
 
 def test_ping_across_domains(pair):

@@ -22,7 +22,10 @@ D1 = IpConfig("10.0.0.11", 24, "10.0.0.1", "eth0", "d1")
 class Dev:
     def __init__(self, name="eth0"):
         self.name, self.mac, self.mtu, self.gso = name, bytes.fromhex("00163e000001"), 1500, True
-        self.receiver = None
+        self.receiver, self.sent = None, []
+
+    def transmit(self, frames):
+        self.sent.append(frames)
 
 
 def os_with(config):
@@ -62,6 +65,10 @@ def test_frames_of_one_upcall_share_one_flush():
     assert os.stack.flushes == before
     os.k.run()
     assert os.stack.flushes == before + 1
+    dev.transmit([(b"\x01" * 100, 0), (b"\x02" * 50, 0)])
+    assert dev.sent == [[(b"\x01" * 100, 0), (b"\x02" * 50, 0)]]
+    [eth0] = [i for i in os.net.describe() if i["name"] == "eth0"]
+    assert eth0["stats"] == {"rx_packets": 5, "rx_bytes": 300, "tx_packets": 2, "tx_bytes": 150}
 
 
 def test_ip_config_is_none_when_the_cmdline_has_none():
