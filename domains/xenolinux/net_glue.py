@@ -4,7 +4,7 @@ Rules:
 1. The stack (domains.xenolinux.net, sans-IO) is entered only through `call()`
    (socket calls), a received frame, or the stack timer; each entry ends with
    stack.flush(), which hands each device its one batch of frames. Frames that
-   netfront delivers in one upcall share one flush (scheduled with call_soon_once).
+   netfront delivers in one upcall share one flush (one call_soon per upcall).
 2. One kernel timer (kernel.call_at) follows stack.next_deadline_ns(); it is
    re-armed when the stack's on_change fires and after every entry.
 3. `lo` (127.0.0.1/8) always exists. A netdev (netfront's, contract §1) is brought
@@ -49,7 +49,7 @@ class Interface:
 
 
 def _default_stack():
-    from domains.xenolinux.net.stack import NetStack  # A1's core; absent before the merge
+    from domains.xenolinux.net.stack import NetStack  # absent in a kernel without the core
     return NetStack
 
 
@@ -121,11 +121,15 @@ class NetGlue:
         if self.stack is None or cfg is None or cfg.device != dev.name:
             self.printk(f"NET: {dev.name}: {mac}, not configured (no ip= for it)")
             return
-        self.call(self.stack.add_interface, dev.name, dev, cfg.ip, cfg.prefix)
+        try:
+            self.call(self.stack.add_interface, dev.name, dev, cfg.ip, cfg.prefix)
+            if cfg.gateway:
+                self.call(self.stack.set_default_route, cfg.gateway)
+        except OSError as err:  # a bad ip= must not take the driver's upcall down
+            self.printk(f"IP-Config: {dev.name}: {err.strerror}; not configured")
+            return
         self._count_and_batch(iface)
         iface.ip, iface.prefix = cfg.ip, cfg.prefix
-        if cfg.gateway:
-            self.call(self.stack.set_default_route, cfg.gateway)
         self.printk(f"IP-Config: {dev.name} ({mac}) {cfg.ip}/{cfg.prefix}"
                     f"{f' via {cfg.gateway}' if cfg.gateway else ''}")
 
