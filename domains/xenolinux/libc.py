@@ -12,6 +12,9 @@ Rules:
    buffer in the process's heap, then writes it to fd 1.
 4. malloc is a bump allocator over brk (free is a no-op): enough for
    short-lived programs, and every byte of it is demand-zero user memory.
+5. Sockets: the raw calls (socket, bind, connect, send, recv, ...) take user
+   buffers like read/write; the *_bytes helpers stage Python bytes as
+   write_bytes does. Names resolve through /etc/hosts (no DNS in the model).
 """
 
 import os as _os
@@ -43,9 +46,24 @@ def strerror(err: int) -> str:
     return f"{_NAMES.get(err, 'E?')} ({_os.strerror(err)})"
 
 
-def crc32(data: bytes) -> int:
-    """CRC-32 (zlib's, as `cksum -a crc32b`) of `data`: user-space arithmetic."""
-    return _zlib.crc32(data) & 0xFFFFFFFF
+def crc32(data: bytes, value: int = 0) -> int:
+    """CRC-32 (zlib's, as `cksum -a crc32b`) of `data`, continuing from `value`:
+    user-space arithmetic."""
+    return _zlib.crc32(data, value) & 0xFFFFFFFF
+
+
+def _is_ipv4(name: str) -> bool:
+    parts = name.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)
+
+
+def hosts_lookup(text: str, name: str) -> str | None:
+    """The address /etc/hosts gives `name` (first match), or None."""
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and name in words[1:] and _is_ipv4(words[0]):
+            return words[0]
+    return None
 
 
 def syscall(name: str, *args):
@@ -101,6 +119,57 @@ def instantiate(load, store) -> dict:
         got = yield Syscall("read", (fd, buf, n))
         return got if got < 0 else load(buf, got)
 
+    def send_bytes(fd: int, data: bytes):
+        """send(2) of Python bytes (all of them, as a blocking send does)."""
+        if not data:
+            return 0
+        buf = yield from _scratch(len(data))
+        if not buf:
+            return -ERRNO["ENOMEM"]
+        store(buf, data)
+        return (yield Syscall("send", (fd, buf, len(data))))
+
+    def recv_bytes(fd: int, n: int):
+        """recv(2) into a scratch buffer; bytes (b"": the peer closed), or -errno."""
+        buf = yield from _scratch(n)
+        if not buf:
+            return -ERRNO["ENOMEM"]
+        got = yield Syscall("recv", (fd, buf, n))
+        return got if got < 0 else load(buf, got)
+
+    def sendto_bytes(fd: int, data: bytes, addr):
+        buf = yield from _scratch(max(len(data), 1))
+        if not buf:
+            return -ERRNO["ENOMEM"]
+        store(buf, data)
+        return (yield Syscall("sendto", (fd, buf, len(data), addr)))
+
+    def recvfrom_bytes(fd: int, n: int):
+        """recvfrom(2): (bytes, sender address), or -errno."""
+        buf = yield from _scratch(n)
+        if not buf:
+            return -ERRNO["ENOMEM"]
+        got = yield Syscall("recvfrom", (fd, buf, n))
+        if not isinstance(got, tuple):
+            return got
+        return load(buf, got[0]), got[1]
+
+    def gethostbyname(name: str):
+        """An IPv4 address for `name`: dotted quads as they are, else /etc/hosts."""
+        if _is_ipv4(name):
+            return name
+        fd = yield Syscall("open", ("/etc/hosts", O_RDONLY, 0))
+        if fd < 0:
+            return None
+        text = b""
+        while True:
+            chunk = yield from read_bytes(fd, 4096)
+            if not isinstance(chunk, bytes) or not chunk:
+                break
+            text += chunk
+        yield Syscall("close", (fd,))
+        return hosts_lookup(text.decode("utf-8", "replace"), name)
+
     def printf(fmt: str, *args):
         return (yield from write_bytes(1, (fmt % args if args else fmt).encode()))
 
@@ -133,7 +202,9 @@ def instantiate(load, store) -> dict:
           "printf": printf, "eprintf": eprintf, "fopen": fopen, "fwrite": fwrite,
           "fread": fread, "fclose": fclose, "fflush": fsync_file, "load": load,
           "store": store, "strerror": strerror, "syscall": syscall, "FILE": FILE,
-          "crc32": crc32}
+          "crc32": crc32, "send_bytes": send_bytes, "recv_bytes": recv_bytes,
+          "sendto_bytes": sendto_bytes, "recvfrom_bytes": recvfrom_bytes,
+          "gethostbyname": gethostbyname}
     ns.update(_wrappers())
     ns["Random"] = random.Random  # rand(3) for programs: seeded, so runs replay
     return ns

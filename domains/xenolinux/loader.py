@@ -70,7 +70,8 @@ def instantiate(code, argv: list[str], load, store, preempt):
     ns.update(libc.instantiate(load, store))
     ns.update(ERRNO)
     from domains.xenolinux import abi
-    ns.update({k: v for k, v in vars(abi).items() if k.startswith(("O_", "SEEK_", "W", "PROT_"))})
+    ns.update({k: v for k, v in vars(abi).items() if k.startswith(
+        ("O_", "SEEK_", "W", "PROT_", "AF_", "SOCK_", "SHUT_", "POLL"))})
     ns.update({"SIGKILL": 9, "SIGSEGV": 11, "SIGTERM": 15})
     exec(code, ns)  # noqa: S102 - the program's own top level, in its namespace
     main = ns.get("main")

@@ -247,9 +247,10 @@ class Scheduler:
             self.reap(p)
 
     def close_files(self, p: Pcb) -> None:
-        for f in p.files.values():
-            f.refs -= 1
+        files = list(p.files.values())
         p.files.clear()
+        for f in files:
+            f.put()
 
     def _reparent(self, p: Pcb) -> None:
         init = self.procs.get(INIT_PID)

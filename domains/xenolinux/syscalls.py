@@ -15,12 +15,14 @@ import dataclasses
 import errno
 import time
 
-from domains.xenolinux import abi
+from domains.xenolinux import abi, poll
 from domains.xenolinux.fs.blockreq import SECTOR_SIZE, ReadBlocks
 from domains.xenolinux.process import SIGNAL_NAMES, State, exited
 from domains.xenolinux.procmm import Segfault
 from domains.xenolinux.sched import INIT_PID
+from domains.xenolinux.sockfs import KINDS, SocketFile
 from domains.xenolinux.task import WaitQueue
+from domains.xenolinux.vfs import OpenFile
 
 MAX_FDS = 64
 MAX_IO = 1 << 20
@@ -202,7 +204,7 @@ def sys_open(os, p, path, flags=abi.O_RDONLY, mode=0o644):
 def sys_close(os, p, fd):
     f = _file(p, fd)
     del p.files[fd]
-    f.refs -= 1
+    f.put()
     return 0
 
 
@@ -235,10 +237,10 @@ def sys_dup2(os, p, fd, new):
     new = _int(new, 0, MAX_FDS)
     if new != fd:
         old = p.files.pop(new, None)
-        if old is not None:
-            old.refs -= 1
         f.refs += 1
         p.files[new] = f
+        if old is not None:
+            old.put()
     return new
 
 
@@ -291,6 +293,122 @@ def sys_chdir(os, p, path):
 
 def sys_getcwd(os, p):
     return p.cwd_path
+
+
+# ---- sockets (domains.xenolinux.sockfs; addresses are ("a.b.c.d", port)) ------------
+
+def _new_fd(p, f) -> int:
+    fd = next((i for i in range(MAX_FDS) if i not in p.files), None)
+    if fd is None:
+        f.put()
+        raise OSError(errno.EMFILE, "too many open files")
+    p.files[fd] = f
+    return fd
+
+
+def _sock(p, fd) -> SocketFile:
+    f = _file(p, fd)
+    if not isinstance(f.dev, SocketFile):
+        raise OSError(errno.ENOTSOCK, f"fd {fd}")
+    return f.dev
+
+
+def sys_socket(os, p, kind):
+    """socket(AF_INET, kind): SOCK_STREAM (TCP), SOCK_DGRAM (UDP), SOCK_ICMP (ping)."""
+    if kind not in KINDS:
+        raise OSError(errno.EINVAL, f"socket type {kind!r}")
+    sock = os.net.socket(kind)
+    return _new_fd(p, OpenFile(0, abi.O_RDWR, SocketFile(os.net, sock, kind)))
+
+
+def sys_bind(os, p, fd, addr):
+    _sock(p, fd).bind(addr)
+    return 0
+
+
+def sys_listen(os, p, fd, backlog=16):
+    _sock(p, fd).listen(_int(backlog, 0, 4096))
+    return 0
+
+
+def sys_accept(os, p, fd):
+    s = _sock(p, fd)
+    new = yield from s.accept()
+    return _new_fd(p, OpenFile(0, abi.O_RDWR, new))
+
+
+def sys_connect(os, p, fd, addr):
+    return (yield from _sock(p, fd).connect(addr))
+
+
+def sys_send(os, p, fd, buf, n):
+    s = _sock(p, fd)
+    return (yield from s.send(copy_from_user(p, buf, n)))
+
+
+def sys_recv(os, p, fd, buf, n):
+    s = _sock(p, fd)
+    buf, n = _int(buf, 0, 1 << 32), _int(n, 0, MAX_IO + 1)
+    data = yield from s.recv(n)
+    copy_to_user(p, buf, data)
+    return len(data)
+
+
+def sys_sendto(os, p, fd, buf, n, addr):
+    s = _sock(p, fd)
+    return (yield from s.sendto(copy_from_user(p, buf, n), addr))
+
+
+def sys_recvfrom(os, p, fd, buf, n):
+    """(bytes received, the sender's address): the address travels as a value."""
+    s = _sock(p, fd)
+    buf, n = _int(buf, 0, 1 << 32), _int(n, 0, MAX_IO + 1)
+    data, addr = yield from s.recvfrom(n)
+    copy_to_user(p, buf, data)
+    return (len(data), addr)
+
+
+def sys_shutdown(os, p, fd, how=abi.SHUT_WR):
+    _sock(p, fd).shutdown(_int(how, 0, 3))
+    return 0
+
+
+def sys_getsockname(os, p, fd):
+    return _sock(p, fd).address(peer=False)
+
+
+def sys_getpeername(os, p, fd):
+    return _sock(p, fd).address(peer=True)
+
+
+def sys_poll(os, p, fds, timeout_ms=-1):
+    """poll(2) over [(fd, events), ...]; [(fd, revents), ...] of the ready ones
+    ([] at the timeout). timeout_ms < 0 waits for ever."""
+    if not isinstance(fds, (list, tuple)) or len(fds) > MAX_FDS:
+        raise OSError(errno.EINVAL, "bad poll set")
+    if not all(isinstance(x, (list, tuple)) and len(x) == 2 for x in fds):
+        raise OSError(errno.EINVAL, "bad poll set")
+    want = [(_int(fd, 0, MAX_FDS), _int(ev, 0, 1 << 16)) for fd, ev in fds]
+    timeout_ms = _int(timeout_ms, -1, 3_600_000)
+    deadline = None if timeout_ms < 0 else time.monotonic_ns() + timeout_ms * 1_000_000
+    while True:
+        ready, queues = [], []
+        for fd, ev in want:
+            mask, queue = poll.readiness(_file(p, fd))
+            mask &= ev | abi.POLLERR | abi.POLLHUP
+            if mask:
+                ready.append((fd, mask))
+            if queue is not None:
+                queues.append(queue)
+        if ready or timeout_ms == 0:
+            return ready
+        if (yield poll.wait_any(queues, deadline)) == poll.TIMEOUT:
+            timeout_ms = 0  # one last look, then []
+
+
+def sys_netifs(os, p):
+    """The network interfaces (ifconfig): name, mac, mtu, ip, prefix, up, counters."""
+    return os.net.describe()
 
 
 # ---- measuring the kernel (osbench) -------------------------------------------

@@ -4,7 +4,8 @@ Rules:
 1. Boot continues where domains.xenolinux.kernel leaves off: when xvda's
    blkfront connects, ext2 is mounted from it and init (pid 1, /bin/init)
    starts. init runs what the command line lists (`init.run=PROG[,ARG...]`,
-   repeatable) and a shell on the console.
+   repeatable) and a shell on the console. The network (net_glue) comes up
+   at once with lo; each netfront joins it when it connects (`ip=` configures it).
 2. exec reads the program through the VFS, builds a new address space
    (page tables in our frames, validated by Xen), copies the program into
    text pages, then the old address space, if any, is torn down.
@@ -15,11 +16,12 @@ Rules:
 import errno
 import time
 
-from domains.xenolinux import loader, mmprobe
+from domains.xenolinux import loader, mmprobe, poll
 from domains.xenolinux import trace as T
 from domains.xenolinux.blockdev import BlockDevice
 from domains.xenolinux.fs.bcache import BufferCache
 from domains.xenolinux.fs.ext2 import Ext2
+from domains.xenolinux.net_glue import NetGlue, ip_config
 from domains.xenolinux.procmm import ProcessMemory
 from domains.xenolinux.sched import INIT_PID, Scheduler
 from domains.xenolinux.syscalls import TABLE
@@ -55,12 +57,14 @@ class XenoLinux:
         self.tty = Tty(guest.console, on_interrupt=self._interrupt_foreground)
         self.vfs = Vfs({"console": self.tty, "null": NullDevice(), "zero": ZeroDevice()})
         self.cpu = cpu_for(self.k)
-        self.waits: dict = {Wait: wait_driver}
+        self.waits: dict = {Wait: wait_driver, poll.WaitAny: poll.driver(self.k)}
         self.sched = Scheduler(self.k, self.printk, TABLE, self.waits)
         self.sched.os = self
         self.block: BlockDevice | None = None
         self.cache: BufferCache | None = None
         guest.before_shutdown = self._sync_then
+        self.net = NetGlue(self.k, self.printk, ip_config(guest.si.cmdline, self.printk))
+        self._attach_netdevs(guest)
 
     # ---- boot ----------------------------------------------------------------
 
@@ -85,6 +89,14 @@ class XenoLinux:
         self.printk(f"VFS: mounted root (ext2 filesystem) on xvda, block size "
                     f"{fs.block_size}")
         self.start_init()
+
+    def _attach_netdevs(self, guest) -> None:
+        """Contract §1: netfronts that connect later call on_netdev; those that
+        connected while the kernel booted are attached now."""
+        guest.on_netdev = self.net.attach
+        for dev in list(getattr(guest, "netdevs", {}).values()):
+            if getattr(dev, "connected", True):
+                self.net.attach(dev)
 
     @staticmethod
     def _clock() -> int:

@@ -8,7 +8,9 @@ Rules:
    resolved by path before ext2 is asked.
 3. An OpenFile is Linux's struct file: shared offset and flags; descriptors
    of a process point at OpenFiles.
-4. O_SYNC and fsync return only after the data and metadata reached the
+4. A descriptor's close drops one reference to its OpenFile (put, Linux's
+   fput); the last one releases what the device holds (a socket's Sock).
+5. O_SYNC and fsync return only after the data and metadata reached the
    disk through blkfront's flush: that is when a write is acknowledged as
    durable.
 """
@@ -61,6 +63,13 @@ class OpenFile:
         self.ino, self.flags, self.dev = ino, flags, dev
         self.offset = 0
         self.refs = 1
+
+    def put(self) -> None:
+        """Drop a reference; the last one releases the device's state (fput)."""
+        self.refs -= 1
+        release = getattr(self.dev, "release", None)
+        if self.refs == 0 and release is not None:
+            release()
 
     @property
     def readable(self) -> bool:
