@@ -189,6 +189,14 @@ def _bench_parser(sub) -> None:
     c.add_argument("--json", action="store_true")
     c.add_argument("--plot", metavar="FILE.png", help="draw the latency distribution")
     _host_arg(c)
+    c = bs.add_parser("net", help="ping, TCP and UDP between two DomUs through netfront, "
+                      "netback and the bridge")
+    c.add_argument("--count", type=int, default=200, help="pings (default 200)")
+    c.add_argument("--bytes", default="16M", help="TCP transfer size (default 16M)")
+    c.add_argument("--seconds", type=float, default=2.0,
+                   help="UDP sending time (default 2)")
+    c.add_argument("--json", action="store_true")
+    _host_arg(c)
     c = bs.add_parser("guest", help="the guest OS in a DomU: exec, cold fopen against its "
                       "block reads")
     c.add_argument("--iterations", type=int, default=100,

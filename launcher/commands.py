@@ -31,6 +31,9 @@ def run(args) -> int:
         return cmd_xenstore(args, host)
     if args.command == "dev":
         return cmd_dev(args, host)
+    if args.command == "bench" and args.bench == "net":
+        from launcher.bench_net import run_net
+        return run_net(args, host)
     if args.command == "bench" and args.bench == "guest":
         from launcher.bench_guest import run_guest
         return run_guest(args, host)
