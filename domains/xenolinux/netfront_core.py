@@ -15,10 +15,12 @@ Rules (xen-interfaces.md 1.5, 1.7, 3; Linux ``drivers/net/xen-netfront.c``):
 3. rx (rx-copy). The ring is kept full of posted pages, each granted
    writable to the backend; the request id is the slot index (Linux
    netfront's ``xennet_rxidx``) and the backend answers in the same slot.
-4. Notification suppression: ``push()`` notifies only when ring.h says so;
-   after consuming, tx asks to be woken when half of what is outstanding is
-   answered (Linux's older ``xennet_tx_buf_gc``), rx at the next response
-   (RING_FINAL_CHECK_FOR_RESPONSES).
+4. Notification suppression: ``push()`` notifies only when ring.h says so.
+   tx slots are reclaimed at every transmit and rx event (Linux's
+   ``xennet_tx_buf_gc`` runs from start_xmit too); the backend wakes us for
+   tx responses only while frames wait for slots, and then half-way through
+   what is outstanding (Linux's older netfront). rx asks for the next
+   response (RING_FINAL_CHECK_FOR_RESPONSES).
 5. Responses are copied out once and validated: a tx id must be in flight; an
    rx response must carry its slot's id and stay inside its page, and a chain
    must be a sane length. A violation puts the device in ERROR (``error``
@@ -153,6 +155,11 @@ class NetfrontCore:
     def transmit(self, frames: list[tuple[bytes, int]]) -> None:
         """Queue a batch and fill the ring (publish with ``push()``)."""
         q = self._tx_queue
+        if self.tx is not None and self.state is NetfrontState.CONNECTED:
+            try:
+                self._gc_tx()
+            except RingError as err:
+                self.error, self.state = err, NetfrontState.ERROR
         for frame, gso_size in frames:
             if len(q) >= TX_QUEUE_MAX or not 14 <= len(frame) <= XEN_NETIF_MAX_TX_SIZE:
                 self._n["tx_dropped"] += 1
@@ -173,6 +180,7 @@ class NetfrontCore:
                     return
             q.popleft()
             self._put_frame(tx, frame, gso, slots)
+        self._arm_tx()
 
     def _put_frame(self, tx: FrontRing, frame: bytes, gso: int, slots: int) -> None:
         mv = memoryview(frame)
@@ -213,10 +221,18 @@ class NetfrontCore:
                 self._tx_free.append(id_)
                 if status != NETIF_RSP_OKAY:
                     self._n["tx_errors"] += 1
-            out = tx.outstanding_requests()
-            tx.set_rsp_event(tx.rsp_cons + (out >> 1) + 1)  # wake me half-way
+            self._arm_tx()
             if not tx.unconsumed_responses():
                 return
+
+    def _arm_tx(self) -> None:
+        """Frames waiting for slots: wake me half-way through what is outstanding.
+        Otherwise past everything sent so far: slots are reclaimed lazily at the
+        next transmit or rx event, with no upcall just to free them."""
+        tx = self.tx
+        out = tx.outstanding_requests()
+        ahead = (out >> 1) + 1 if self._tx_queue else out + 1
+        tx.set_rsp_event(tx.rsp_cons + ahead)
 
     # -- rx ---------------------------------------------------------------------
 

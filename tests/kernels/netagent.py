@@ -5,8 +5,10 @@ frames each netfront receives are kept for the test to read.
 """
 
 import hashlib
+import json
+import time
 
-from tests.kernels.agent import Agent
+from tests.kernels.agent import _LATER, Agent
 
 
 def make_frame(dst: str, src: str, seed: int, length: int, ethertype: int = 0x88B5) -> bytes:
@@ -30,7 +32,45 @@ class NetAgent(Agent):
 
     def _attach(self, dev) -> None:
         got = self.received.setdefault(dev.name, [])
-        dev.receiver = lambda frame, gso: got.append((frame, gso))
+
+        def receive(frame: bytes, gso: int) -> None:
+            if self.echo_on and frame[12:14] == b"\x88\xb6":  # ping-pong: bounce it
+                dev.transmit([(frame[6:12] + frame[0:6] + frame[12:], 0)])
+            elif self.pingpong is not None and frame[12:14] == b"\x88\xb6":
+                self._pong(dev)
+            else:
+                got.append((frame, gso))
+        dev.receiver = receive
+
+    echo_on = False
+    pingpong = None
+
+    def op_net_echo(self, on=True):
+        self.echo_on = on
+
+    def op_net_pingpong(self, dev, peer, count=200):
+        """Bounce a 64-byte frame off an echoing peer ``count`` times; RTTs in µs."""
+        d = self.g.netdevs[dev]
+        frame = bytes.fromhex(peer) + d.mac + b"\x88\xb6" + bytes(50)
+        self.pingpong = {"dev": d, "frame": frame, "left": count, "rtts": [],
+                         "t0": time.monotonic_ns(), "id": self.last}
+        d.transmit([(frame, 0)])
+        return _LATER
+
+    def _pong(self, dev) -> None:
+        pp = self.pingpong
+        now = time.monotonic_ns()
+        pp["rtts"].append((now - pp["t0"]) / 1000)
+        pp["left"] -= 1
+        if pp["left"] > 0:
+            pp["t0"] = time.monotonic_ns()
+            dev.transmit([(pp["frame"], 0)])
+            return
+        self.pingpong = None
+        rtts = sorted(pp["rtts"])
+        res = {"id": pp["id"], "ok": True, "result": {"p50_us": rtts[len(rtts) // 2],
+                                                        "min_us": rtts[0], "n": len(rtts)}}
+        self.g.xs.write("data/res", json.dumps(res))
 
     def op_net_state(self):
         return {name: {"connected": d.connected, "gso": d.gso, "mac": d.mac.hex(),
