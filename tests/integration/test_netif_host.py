@@ -88,3 +88,35 @@ def test_gso_frame_crosses_as_one_chain(net_host):
     d1("net_send", dev="eth0", made=[made], gso=1448)
     got = _recv(d2, 1, "the GSO frame at d2")
     assert got == [[digest(frame), len(frame), 1448]]
+
+
+def test_a_malicious_frontend_is_cut_off_alone(net_host):
+    h, d1, d2 = net_host
+    d1("net_evil", dev="eth0")
+    err = f"/local/domain/0/error/backend/vif/{d1.domid}/0/error"
+    assert "txreq.offset: 4000, size: 200" in h.xl("xs_wait", path=err)
+    _wait(lambda: h.xl("network_list", dom="d1")[0]["backend_state"] in ("5", "6"),
+          what="d1's backend closing")
+    # d2's vif is untouched and still carries frames
+    assert h.xl("network_list", dom="d2")[0]["backend_state"] == "4"
+    d2("net_send", dev="eth0", made=[[_hex(MAC1), _hex(MAC2), 5, 100]])
+    _wait(lambda: h.xl("network_list", dom="d2")[0]["rx_packets"] >= 1, what="d2's frame")
+    assert h.alive()
+
+
+def test_frontends_reconnect_after_a_netback_restart(net_host):
+    h, d1, d2 = net_host
+    h.xl("netback_restart", dom="d2")
+    _wait(lambda: h.xl("network_list", dom="d2")[0]["backend_state"] == "4"
+          and d2("net_state")["eth0"]["connected"], what="d2 reconnected")
+    made = [_hex(MAC2), _hex(MAC1), 11, 200]
+    d1("net_send", dev="eth0", made=[made])
+    assert _recv(d2, 1, "a frame after the restart") == [[digest(make_frame(*made)), 200, 0]]
+
+
+def test_destroying_a_domain_removes_its_vif(net_host):
+    h, d1, d2 = net_host
+    h.xl("destroy", dom="d1")
+    _wait(lambda: [name for depth, name, _ in h.xl("xs_ls", path="/local/domain/0/backend/vif")
+                   if depth == 0] == [str(d2.domid)], what="the backend directory to go")
+    assert [r["devid"] for r in h.xl("network_list", dom="d2")] == [0]

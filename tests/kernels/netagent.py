@@ -83,6 +83,15 @@ class NetAgent(Agent):
         self.g.netdevs[dev].transmit([(f, gso) for f in batch])
         return len(batch)
 
+    def op_net_evil(self, dev, offset=4000, size=200):
+        """Act as a malicious frontend: a tx request whose data crosses its page."""
+        from hypervisor.public.netif import TX_REQUEST
+        d = self.g.netdevs[dev]
+        tx = d.core.tx
+        tx.put_request(TX_REQUEST.pack(d.rings[0].gref, offset, 0, 0, size))
+        if tx.push_requests():
+            self.k.evtchn.notify(d.port)
+
     def op_net_recv(self, dev):
         """What arrived since the last call: (digest, length, gso_size) each."""
         got = self.received.get(dev, [])

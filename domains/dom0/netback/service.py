@@ -279,10 +279,14 @@ class VifBackend:
                 self.remove()
         elif duty is Duty.REMOVE:
             self.remove()
-        elif duty is Duty.REPORT_ERROR:
-            self._error("netback: device error")
+        # REPORT_ERROR: fatal() wrote the reason to the error node already
 
     # ---- connect / disconnect -------------------------------------------
+
+    def restart(self) -> None:
+        """Model a netback driver restart (unbind, rebind): the rings go, the
+        backend probes again, and the frontend builds new rings (2.6)."""
+        self._guarded(lambda: (self._disconnect(), self._run([Switch(S.InitWait)])))
 
     def _map_rings(self) -> None:
         fe, xs = self.fe_path, self.xs

@@ -171,6 +171,13 @@ def build_ops(dom0) -> dict:
             return None
         return Wait(check, wait_ms)
 
+    def netback_restart(dom, devid=0, **_):
+        be = dom0.netback.backends.get((ts.lookup(dom), int(devid)))
+        if be is None:
+            raise ToolstackError(f"no netback for {dom}'s vif {devid}")
+        be.restart()
+        return True
+
     def halt(**_):
         k.call_soon(dom0.halt)
         return True
@@ -210,6 +217,7 @@ def build_ops(dom0) -> dict:
             "block_attach": block_attach, "block_detach": block_detach,
             "blkback_restart": blkback_restart, "network_list": network_list,
             "network_attach": network_attach, "network_detach": network_detach,
+            "netback_restart": netback_restart,
             "wait_gone": wait_gone, "halt": halt, "xs_read": xs_read,
             "xs_write": xs_write, "xs_rm": xs_rm, "xs_wait": xs_wait, "xs_ls": xs_ls,
             "xs_perms": xs_perms}

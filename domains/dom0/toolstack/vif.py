@@ -15,6 +15,7 @@ Rules (reference 3.4, 7.4, 7.6):
    ip, vifname, mtu, rate, backend).
 """
 
+from domains.dom0.xenstored.perms import XsError
 from hypervisor.public.xenbus import XenbusState
 
 DEFAULT_BRIDGE = "xenbr0"
@@ -65,6 +66,12 @@ def remove_dirs(xs, fe: int, devid: int) -> None:
     fe_path, be_path = paths(fe, devid)
     for p in (fe_path, be_path, f"/libxl/{fe}/device/vif/{devid}"):
         xs.rm(p)
+    parent = be_path.rsplit("/", 1)[0]  # libxl__xs_path_cleanup: no empty backend/vif/<fe>
+    if not xs.try_directory(parent):
+        try:
+            xs.rm(parent)
+        except XsError:
+            pass
 
 
 def list_vifs(xs, fe: int) -> list[dict]:
