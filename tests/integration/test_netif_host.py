@@ -66,13 +66,19 @@ def test_vifs_connect_and_carry_frames(net_host):
     r2 = h.xl("network_list", dom="d2")[0]
     assert r2["tx_packets"] >= 2 and r2["tx_bytes"] >= len(small) + len(big)
 
+    # published for users under the backend directory (at most once a second)
+    stats = f"/local/domain/0/backend/vif/{d1.domid}/0/statistics/rx_packets"
+    assert int(h.xl("xs_wait", path=stats, not_value="0")) >= 2
+
     # the pcap of each vif holds the frames, readable by dpkt
     path = f"{rundir.path(h.name)}/vif{d2.domid}.0.pcap"
     with open(path, "rb") as f:
         reader = dpkt.pcap.Reader(f)
         assert reader.datalink() == dpkt.pcap.DLT_EN10MB
-        frames = [bytes(buf) for _ts, buf in reader]
+        records = list(reader)
+    frames = [bytes(buf) for _ts, buf in records]
     assert small in frames and big in frames
+    assert abs(float(records[-1][0]) - time.time()) < 60  # wall-clock, nanosecond pcap
 
 
 def test_gso_frame_crosses_as_one_chain(net_host):

@@ -323,11 +323,18 @@ class VifBackend:
         self.bport = VifPort(self, self.name, self.core.features.gso_tcpv4)
         self.bridge.add_port(self.bport)
         if self.pcap is None:
-            path = os.path.join(self.k.rundir, f"{self.name}.pcap")
-            self.pcap_file = open(path, "wb")  # noqa: SIM115 - lives as long as the vif
-            self.pcap = dpkt.pcap.Writer(self.pcap_file, snaplen=PCAP_SNAPLEN, nano=True)
+            self._open_pcap()
         self.xs.write(f"{self.path}/hotplug-status", "connected")
         self.service.kick(self)  # requests may be waiting already
+
+    def _open_pcap(self) -> None:
+        """<rundir>/<name>.pcap; a restarted Domain-0 (or a re-attached vif)
+        appends to the file its predecessor wrote, without a second header."""
+        path = os.path.join(self.k.rundir, f"{self.name}.pcap")
+        self.pcap_file = open(path, "ab")  # noqa: SIM115 - lives as long as the vif
+        fresh = self.pcap_file.tell() == 0
+        out = self.pcap_file if fresh else _SkipHeader(self.pcap_file)
+        self.pcap = dpkt.pcap.Writer(out, snaplen=PCAP_SNAPLEN, nano=True)
 
     def _disconnect(self) -> None:
         if self.bport is not None and self.bridge is not None:
@@ -426,6 +433,19 @@ class VifBackend:
         except XsError:
             pass
         self.service.forget(self)
+
+
+class _SkipHeader:
+    """A file whose first write (dpkt's pcap file header) is dropped."""
+
+    def __init__(self, f) -> None:
+        self.f, self.first = f, True
+
+    def write(self, data: bytes) -> int:
+        if self.first:
+            self.first = False
+            return len(data)
+        return self.f.write(data)
 
 
 def _state(value: str | None) -> S:
