@@ -126,3 +126,14 @@ def test_destroying_a_domain_removes_its_vif(net_host):
     _wait(lambda: [name for depth, name, _ in h.xl("xs_ls", path="/local/domain/0/backend/vif")
                    if depth == 0] == [str(d2.domid)], what="the backend directory to go")
     assert [r["devid"] for r in h.xl("network_list", dom="d2")] == [0]
+
+
+def test_a_burst_larger_than_the_rings_arrives_whole(net_host):
+    # 60 GSO frames of 64 KB: 17 slots each, far more than either ring holds, so
+    # both the frontend's queue and netback's wait for rx buffers are exercised.
+    h, d1, d2 = net_host
+    d1("net_blast", dev="eth0", peer=_hex(MAC2), count=60, size=65000, gso=1448)
+    got = _wait(lambda: (r := d2("net_rate", dev="eth0"))["n"] >= 60 and r, what="the burst")
+    assert (got["n"], got["bytes"]) == (60, 60 * 65000)
+    rows = h.xl("network_list", dom="d2")
+    assert rows[0]["tx_dropped"] == 0 and rows[0]["tx_packets"] == 60

@@ -34,6 +34,7 @@ class NetAgent(Agent):
         got = self.received.setdefault(dev.name, [])
 
         def receive(frame: bytes, gso: int) -> None:
+            self.last_rx_ns = time.monotonic_ns()
             if self.echo_on and frame[12:14] == b"\x88\xb6":  # ping-pong: bounce it
                 dev.transmit([(frame[6:12] + frame[0:6] + frame[12:], 0)])
             elif self.pingpong is not None and frame[12:14] == b"\x88\xb6":
@@ -91,6 +92,22 @@ class NetAgent(Agent):
         tx.put_request(TX_REQUEST.pack(d.rings[0].gref, offset, 0, 0, size))
         if tx.push_requests():
             self.k.evtchn.notify(d.port)
+
+    def op_net_blast(self, dev, peer, count=200, size=65000, gso=1448):
+        """Queue ``count`` big frames at once (the transmit queue takes up to 1000)."""
+        d = self.g.netdevs[dev]
+        frame = bytes.fromhex(peer) + d.mac + b"\x88\xb5" + bytes(size - 14)
+        d.transmit([(frame, gso)] * count)
+        return count
+
+    def op_net_rate(self, dev):
+        """Frames received so far and the µs between the first and the last."""
+        got = self.received.get(dev, [])
+        return {"n": len(got), "bytes": sum(len(f) for f, _ in got),
+                "last_ns": getattr(self, "last_rx_ns", 0)}
+
+    def op_net_clear(self, dev):
+        self.received.get(dev, []).clear()
 
     def op_net_recv(self, dev):
         """What arrived since the last call: (digest, length, gso_size) each."""

@@ -248,6 +248,13 @@ class NetbackCore:
         self.rx_queue.append((frame, gso_size))
         return True
 
+    def rx_ready(self) -> bool:
+        """Frames wait and enough buffers are posted for the first of them."""
+        if not self.rx_queue or self.error is not None:
+            return False
+        frame, gso = self.rx_queue[0]
+        return self.rx.unconsumed_requests() >= _slots(frame, gso)
+
     def build_rx(self) -> list[RxPacket]:
         """Take posted rx buffers for as many queued frames as they can hold."""
         out: list[RxPacket] = []
@@ -255,7 +262,7 @@ class NetbackCore:
         try:
             while q and self.error is None:
                 frame, gso = q[0]
-                need = -(-len(frame) // PAGE_SIZE) + (1 if gso else 0)
+                need = _slots(frame, gso)
                 if rx.unconsumed_requests() < need:
                     rx.set_req_event(rx.req_cons + need)  # wake me when they are posted
                     if rx.unconsumed_requests() < need:
@@ -296,3 +303,8 @@ class NetbackCore:
     def push_rx(self) -> bool:
         """Publish rx responses; True means notify the frontend."""
         return self.error is None and self.rx.push_responses()
+
+
+def _slots(frame: bytes, gso: int) -> int:
+    """rx slots a frame needs: one per 4 KiB of data, one for the GSO extra."""
+    return -(-len(frame) // PAGE_SIZE) + (1 if gso else 0)

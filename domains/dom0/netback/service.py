@@ -134,10 +134,9 @@ class NetbackService:
         for vif, pkt, data in frames:
             vif.capture(data)
             vif.bridge_input(data, pkt.gso_size)
-        rx_vifs = [v for v in self.dirty if v.core is not None]
-        touched.update(dict.fromkeys(rx_vifs))
+        touched.update(self.dirty)  # vifs the bridge queued frames for
         self.dirty = {}
-        self._rx(rx_vifs)
+        self._rx([v for v in touched if v.core is not None])
         for vif in touched:
             vif.finish_turn()
         if self.stats_timer is None and touched:
@@ -382,7 +381,7 @@ class VifBackend:
             return
         if notify and self.port is not None:
             self.k.evtchn.notify(self.port)
-        if core.tx_more() or (core.rx_queue and core.rx.unconsumed_requests()):
+        if core.tx_more() or core.rx_ready():  # else req_event wakes us (build_rx)
             self.service.kick(self)
 
     # ---- counters --------------------------------------------------------
