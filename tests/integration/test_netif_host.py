@@ -137,3 +137,14 @@ def test_a_burst_larger_than_the_rings_arrives_whole(net_host):
     assert (got["n"], got["bytes"]) == (60, 60 * 65000)
     rows = h.xl("network_list", dom="d2")
     assert rows[0]["tx_dropped"] == 0 and rows[0]["tx_packets"] == 60
+
+
+def test_network_attach_and_detach(net_host):
+    h, d1, _ = net_host
+    nic = {"mac": "00:16:3e:00:00:21", "bridge": "xenbr0"}
+    assert h.xl("network_attach", dom="d1", nic=nic) == 1
+    _wait(lambda: d1("net_state").get("eth1", {}).get("connected"), what="eth1")
+    assert [r["backend_state"] for r in h.xl("network_list", dom="d1")] == ["4", "4"]
+    assert h.xl("network_detach", dom="d1", devid="1", timeout_s=20) is True
+    assert [r["devid"] for r in h.xl("network_list", dom="d1")] == [0]
+    _wait(lambda: "eth1" not in d1("net_state"), what="eth1 to go")
