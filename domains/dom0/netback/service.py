@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from dataclasses import dataclass
 
 import dpkt
@@ -91,6 +92,7 @@ class NetbackService:
         self.dirty: dict[VifBackend, None] = {}
         self.tx_scratch, self.rx_scratch = Scratch(self.k), Scratch(self.k)
         self.stats_timer = None
+        self.turning = False
         self.xs.watch(ROOT, "netback", lambda *_: self.scan())
 
     def scan(self) -> None:
@@ -110,7 +112,8 @@ class NetbackService:
 
     def kick(self, vif: VifBackend) -> None:
         self.dirty[vif] = None
-        self.k.call_soon_once(self.run)
+        if not self.turning:  # a kick during a turn is picked up at its end
+            self.k.call_soon_once(self.run)
 
     def statistics(self, fe: int) -> list[dict]:
         return [be.describe() for (f, _), be in sorted(self.backends.items()) if f == fe]
@@ -120,13 +123,17 @@ class NetbackService:
     def run(self) -> None:
         vifs = [v for v in self.dirty if v.core is not None]
         self.dirty = {}
+        self.turning = True
         try:
             self._turn(vifs)
         except Exception as exc:  # noqa: BLE001 - a bug here must not take Dom0 down
-            import traceback
             traceback.print_exc()
             for vif in vifs:
                 vif.fatal(f"netback failed serving this vif: {exc!r}")
+        finally:
+            self.turning = False
+        if self.dirty:
+            self.k.call_soon_once(self.run)
 
     def _turn(self, vifs: list[VifBackend]) -> None:
         frames = self._tx(vifs)
