@@ -148,3 +148,22 @@ def test_network_attach_and_detach(net_host):
     assert h.xl("network_detach", dom="d1", devid="1", timeout_s=20) is True
     assert [r["devid"] for r in h.xl("network_list", dom="d1")] == [0]
     _wait(lambda: "eth1" not in d1("net_state"), what="eth1 to go")
+
+
+def test_vifs_come_back_with_a_restarted_dom0(net_host):
+    from tests.integration.test_dom0_restart import kill_dom0
+    h, d1, d2 = net_host
+    before = [_hex(MAC2), _hex(MAC1), 12, 100]
+    d1("net_send", dev="eth0", made=[before])
+    _recv(d2, 1, "a frame before the kill")
+    old = kill_dom0(h)
+    _wait(lambda: h["Domain-0"]["pid"] != old, what="a new Domain-0")
+    for g in (d1, d2):
+        _wait(lambda g=g: h.xl("network_list", dom=g.name)[0]["backend_state"] == "4"
+              and g("net_state")["eth0"]["connected"], what=f"{g.name} reconnected")
+    made = [_hex(MAC2), _hex(MAC1), 13, 300]
+    d1("net_send", dev="eth0", made=[made])
+    assert _recv(d2, 1, "a frame through the new Domain-0") == [[digest(make_frame(*made)),
+                                                                  300, 0]]
+    with open(f"{rundir.path(h.name)}/vif{d2.domid}.0.pcap", "rb") as f:
+        assert [len(buf) for _ts, buf in dpkt.pcap.Reader(f)] == [100, 300]  # appended
