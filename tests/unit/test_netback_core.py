@@ -237,3 +237,13 @@ def test_extra_more_flag_chains_extras():
 
 def test_fatal_limit_is_above_the_slots_xen_guarantees():
     assert FATAL_SKB_SLOTS >= 18
+
+
+def test_rx_ready_says_whether_the_first_queued_frame_fits():
+    p = Pair()
+    assert p.core.rx_ready() is False
+    p.core.queue_rx(bytes(9000), 1448)  # three data slots and the extra
+    p.post_rx(3)
+    assert p.core.rx_ready() is False
+    p.post_rx(1)
+    assert p.core.rx_ready() is True
