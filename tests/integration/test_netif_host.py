@@ -129,14 +129,15 @@ def test_destroying_a_domain_removes_its_vif(net_host):
 
 
 def test_a_burst_larger_than_the_rings_arrives_whole(net_host):
-    # 60 GSO frames of 64 KB: 17 slots each, far more than either ring holds, so
-    # both the frontend's queue and netback's wait for rx buffers are exercised.
+    # 30 GSO frames of 64 KB: 17 slots each, twice what either ring holds, so both
+    # the frontend's queue and netback's wait for rx buffers are exercised (and all
+    # of it fits netback's rx queue, so nothing may be dropped however slow d2 is).
     h, d1, d2 = net_host
-    d1("net_blast", dev="eth0", peer=_hex(MAC2), count=60, size=65000, gso=1448)
-    got = _wait(lambda: (r := d2("net_rate", dev="eth0"))["n"] >= 60 and r, what="the burst")
-    assert (got["n"], got["bytes"]) == (60, 60 * 65000)
+    d1("net_blast", dev="eth0", peer=_hex(MAC2), count=30, size=65000, gso=1448)
+    got = _wait(lambda: (r := d2("net_rate", dev="eth0"))["n"] >= 30 and r, what="the burst")
+    assert (got["n"], got["bytes"]) == (30, 30 * 65000)
     rows = h.xl("network_list", dom="d2")
-    assert rows[0]["tx_dropped"] == 0 and rows[0]["tx_packets"] == 60
+    assert rows[0]["tx_dropped"] == 0 and rows[0]["tx_packets"] == 30
 
 
 def test_network_attach_and_detach(net_host):

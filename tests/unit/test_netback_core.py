@@ -9,6 +9,7 @@ import pytest
 from domains.dom0.netback.core import (
     FATAL_SKB_SLOTS,
     RX_QUEUE_MAX,
+    RX_QUEUE_MAX_BYTES,
     NetbackCore,
     VifFeatures,
 )
@@ -223,6 +224,12 @@ def test_rx_queue_is_bounded_and_refuses_what_the_frontend_cannot_take():
         assert p.core.queue_rx(bytes(60))
     assert p.core.queue_rx(bytes(60)) is False
     assert p.core.counters.tx_dropped == 3
+    q = Pair()
+    while q.core.queue_rx(bytes(65000), 1448):
+        pass
+    assert q.core.rx_queued_bytes <= RX_QUEUE_MAX_BYTES < q.core.rx_queued_bytes + 65000
+    q.post_rx(256)
+    assert len(q.core.build_rx()) == 15 and q.core.rx_queued_bytes == (32 - 15) * 65000
 
 
 def test_extra_more_flag_chains_extras():

@@ -61,7 +61,10 @@ from hypervisor.public.xen import PAGE_SIZE
 ETH_HLEN = 14
 FATAL_SKB_SLOTS = 20  # Linux netback's fatal_skb_slots: more is malicious
 MAX_SKB_SLOTS = XEN_NETIF_NR_SLOTS_MIN  # more (but not fatal) is dropped
-RX_QUEUE_MAX = 512  # frames waiting for rx buffers before we drop
+RX_QUEUE_MAX = 512  # frames waiting for rx buffers before we drop...
+# ...or bytes: Linux stops a vif's queue at 512 KiB (half an rx ring of pages);
+# the model drops past 2 MiB, room for a full tx ring of TSO frames from two peers.
+RX_QUEUE_MAX_BYTES = 2 << 20
 
 
 class FrontendError(Exception):
@@ -123,6 +126,7 @@ class NetbackCore:
     counters: VifCounters = field(default_factory=VifCounters)
     error: str | None = None
     rx_queue: deque = field(default_factory=deque)
+    rx_queued_bytes: int = 0
 
     # -- tx: guest -> Dom0 -------------------------------------------------
 
@@ -241,11 +245,13 @@ class NetbackCore:
     def queue_rx(self, frame: bytes, gso_size: int = 0) -> bool:
         """Queue a frame for the guest; False (and counted) when dropped."""
         if (self.error is not None or len(self.rx_queue) >= RX_QUEUE_MAX
+                or self.rx_queued_bytes + len(frame) > RX_QUEUE_MAX_BYTES
                 or (gso_size and not self.features.gso_tcpv4)
                 or len(frame) > 0xFFFF or len(frame) < ETH_HLEN):
             self.counters.tx_dropped += 1
             return False
         self.rx_queue.append((frame, gso_size))
+        self.rx_queued_bytes += len(frame)
         return True
 
     def rx_ready(self) -> bool:
@@ -268,6 +274,7 @@ class NetbackCore:
                     if rx.unconsumed_requests() < need:
                         break
                 q.popleft()
+                self.rx_queued_bytes -= len(frame)
                 out.append(self._rx_packet(frame, gso, rx.take_requests(need)))
         except RingError as exc:
             self.error = str(exc)
