@@ -165,6 +165,8 @@ class NetbackService:
         out: list[int] = []
         for i in range(0, len(ops), COPY_BATCH):
             out += self.k.gnttab.copy(ops[i:i + COPY_BATCH])
+        if len(out) != len(ops):
+            raise OSError(f"GNTTABOP_copy answered {len(out)} of {len(ops)} ops")
         return out
 
     def _publish_stats(self) -> None:
