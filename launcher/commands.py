@@ -1,11 +1,13 @@
 """What each `xenolab` subcommand does (cli.py only parses)."""
 
+import dataclasses
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 from setproctitle import setproctitle
@@ -14,9 +16,9 @@ from launcher import console, rundir
 from launcher.client import ToolstackClient
 from launcher.devspec import check_latency, resolve_disks, resolve_image
 from launcher.host import Host, kill_leftovers
-from launcher.hostspec import default_host, load_host_toml
+from launcher.hostspec import default_host, default_mac, load_host_toml
 from launcher.rundir import HostError
-from launcher.xlcfg import parse_disk_spec, parse_xl_cfg
+from launcher.xlcfg import parse_disk_spec, parse_vif_spec, parse_xl_cfg
 
 
 def run(args) -> int:
@@ -231,6 +233,16 @@ def cmd_xl(args, host: str) -> int:
             c.call("block_detach", dom=args.dom, vdev=args.vdev, force=args.force,
                    timeout_s=20)
             say(f"Detached {args.vdev} from {args.dom}")
+        elif sub == "network-list":
+            _print_vifs(c.call("network_list", dom=args.dom))
+        elif sub == "network-attach":
+            nic = _vif_wire(args.spec, args.dom)
+            devid = c.call("network_attach", dom=args.dom, nic=nic)
+            say(f"Attached vif {devid} ({nic['mac']}) to {args.dom}")
+        elif sub == "network-detach":
+            c.call("network_detach", dom=args.dom, devid=args.devid, force=args.force,
+                   timeout_s=20)
+            say(f"Detached vif {args.devid} from {args.dom}")
         elif sub == "dmesg":
             sys.stdout.write(c.call("dmesg", clear=args.clear).decode(errors="replace"))
     return 0
@@ -253,6 +265,31 @@ def _warn_if_cwd_file(target: str, host: str) -> None:
         print(f"xenolab: warning: target {target!r} is {resolved} (the host's image "
               f"directory), not ./{target}; give an absolute path for that one",
               file=sys.stderr)
+
+
+def _vif_wire(spec: list[str], dom: str) -> dict:
+    """A vif for the toolstack (xl-network-configuration; a MAC is made up if none)."""
+    pieces = [p.rstrip().rstrip(",") for p in spec[:-1]] + spec[-1:]
+    nic, _warnings = parse_vif_spec(",".join(pieces), 0)
+    wire = dataclasses.asdict(nic)
+    if not wire["mac"]:
+        wire["mac"] = default_mac(f"{dom}-{time.time_ns()}", 0)
+    return wire
+
+
+def _print_vifs(rows: list[dict]) -> None:
+    """xl network-list, plus the vif's counters (rx: from the guest, tx: to it)."""
+    print(f"{'Idx':>3} {'BE':>3} {'Mac Addr.':<18} {'BE-state':>8} {'FE-state':>8}  "
+          f"{'Vif':<9}{'Bridge':<9}{'RX pkts':>9}{'bytes':>11}{'drop':>6}{'err':>5}"
+          f"{'TX pkts':>9}{'bytes':>11}{'drop':>6}{'err':>5}  IP")
+    for r in rows:
+        print(f"{r['devid']:>3} {0:>3} {r['mac'] or '?':<18} {r['backend_state'] or '-':>8} "
+              f"{r['frontend_state'] or '-':>8}  {r.get('name', '-'):<9}"
+              f"{r['bridge'] or '-':<9}"
+              f"{r.get('rx_packets', 0):>9}{r.get('rx_bytes', 0):>11}"
+              f"{r.get('rx_dropped', 0):>6}{r.get('rx_errors', 0):>5}"
+              f"{r.get('tx_packets', 0):>9}{r.get('tx_bytes', 0):>11}"
+              f"{r.get('tx_dropped', 0):>6}{r.get('tx_errors', 0):>5}  {r['ip'] or ''}")
 
 
 def _print_vbds(rows: list[dict]) -> None:

@@ -10,7 +10,12 @@ died and Xen kept the DomUs) boots the same way, but each service takes up
 what the run directory says was running: xenstored its tree and the guests'
 rings, xenconsoled the guests' consoles, the toolstack its domain records
 (<rundir>/libxl), blkback every vbd (a new handshake, so each blkfront
-re-issues what was in flight). Nothing is autostarted again.
+re-issues what was in flight), netback every vif (each netfront rebuilds
+its rings; frames in flight are lost). Nothing is autostarted again.
+
+Networking: ``bridges`` holds Dom0's learning switches by name ("xenbr0"
+always exists; a vif naming another bridge creates it); netback makes each
+vif a port, physical NIC drivers add theirs.
 """
 
 import glob
@@ -20,8 +25,10 @@ import sys
 import time
 
 from domains.dom0.blkback.service import BlkbackService
+from domains.dom0.bridge import Bridge
 from domains.dom0.drivers import nic, probe, watch
 from domains.dom0.drivers.ops import build_phys_ops
+from domains.dom0.netback.service import NetbackService
 from domains.dom0.toolstack import ops
 from domains.dom0.toolstack.control import ControlServer
 from domains.dom0.toolstack.toolstack import Toolstack, ToolstackError
@@ -38,10 +45,11 @@ class Dom0:
         self.kernel = kernel
         si = kernel.early_boot()
         self.restarted = bool(si.flags & SIF_DOM0_RESTART)
+        self.bridges: dict[str, Bridge] = {"xenbr0": Bridge("xenbr0")}  # before any NIC
         self.disks = probe(kernel)  # the physical devices Xen assigned to us
         self.nics = nic.probe(kernel)
         watch(kernel, {**self.disks, **self.nics})  # their deaths and replacements
-        nic.attach(getattr(self, "bridges", {}), self.nics)  # after dom0.bridges exists
+        nic.attach(self.bridges, self.nics)
         self.xenstored = XenstoredService(kernel, restart=self.restarted)
         self.xs = self.xenstored.local
         self.consoled = Xenconsoled(kernel, kernel.rundir)
@@ -49,6 +57,7 @@ class Dom0:
         if self.restarted:
             self.toolstack.take_over()
         self.blkback = BlkbackService(self)
+        self.netback = NetbackService(self)
         self.control = ControlServer(self, {**ops.build_ops(self), **build_phys_ops(self),
                                             **nic.build_nic_ops(self)})
         self.consoled.on_output.append(lambda _d: self.control.recheck())

@@ -1,8 +1,10 @@
-"""XenoLinux's boot: console, xenbus, shutdown control, block devices, init.
+"""XenoLinux's boot: console, xenbus, shutdown control, block and network devices, init.
 
 Boot order follows a PV Linux: start_info -> grant table -> timer VIRQ ->
 hvc console -> xenbus (xenstore ring) -> control/shutdown watch -> blkfront
--> (xvda connected) mount the root ext2 -> init (domains.xenolinux.system).
+-> netfront -> (xvda connected) mount the root ext2 -> init
+(domains.xenolinux.system). Each vif becomes a NetDevice in ``netdevs``
+(eth<devid>); ``on_netdev`` hears of each one the first time it connects.
 """
 
 import time
@@ -10,7 +12,7 @@ from collections.abc import Callable
 
 from domains.kernel.console import Console
 from domains.kernel.xenbus import XenbusClient
-from domains.xenolinux import blkfront
+from domains.xenolinux import blkfront, netfront
 from domains.xenolinux.system import XenoLinux
 from hypervisor.public.blkif import vdev_devid
 from hypervisor.public.start_info import StartInfo
@@ -36,6 +38,12 @@ class Guest:
         self.home = f"/local/domain/{kernel.domid}"
         # Run before a requested shutdown (syncing filesystems); it calls back.
         self.before_shutdown: Callable[[Callable[[], None]], None] | None = None
+        self.netdevs: dict = {}  # name -> NetDevice (a Netfront)
+        self.on_netdev: Callable[[object], None] | None = None  # set by the system
+
+    def netdev_connected(self, dev) -> None:
+        if self.on_netdev is not None:
+            self.on_netdev(dev)
 
     def printk(self, msg: str) -> None:
         # "\r\n" as Linux's hvc console writes it: readable on a raw terminal
@@ -72,6 +80,8 @@ def boot(kernel, on_disk=None) -> Guest:
     g.printk(f"xenbus: connected to xenstore on port {si.store_evtchn}; I am '{name}'")
     g.watch_shutdown()
     g.disks = {} if "blkfront=off" in si.cmdline.split() else blkfront.probe(g, on_disk)
+    if "netfront=off" not in si.cmdline.split():
+        g.netdevs = netfront.probe(g, g.netdev_connected)
     return g
 
 

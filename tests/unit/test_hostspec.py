@@ -422,7 +422,9 @@ def test_default_host() -> None:
     for spec in host.domains:
         assert (spec.memory_mib, spec.vcpus, spec.on_crash) == (32, 1, "restart")
         assert spec.disks == (DiskSpec(f"{spec.name}.img", "xvda"),)  # its own image
-        assert spec.vifs == ()
+        n = spec.name[-1]
+        assert spec.vifs == (VifSpec(0, f"00:16:3e:00:00:1{n}", "xenbr0", f"10.0.0.1{n}"),)
+        assert spec.cmdline == f"ip=10.0.0.1{n}::10.0.0.1:255.255.255.0:{spec.name}:eth0:off"
     assert host.warnings == ()
 
 

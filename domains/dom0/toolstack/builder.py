@@ -12,7 +12,7 @@ Order, as libxl does it:
 
 from dataclasses import dataclass
 
-from domains.dom0.toolstack import vbd
+from domains.dom0.toolstack import vbd, vif
 from domains.dom0.xenstored.perms import XsError
 from hypervisor.public.grant_table import (
     GNTST,
@@ -54,6 +54,8 @@ def create(dom0, spec: dict) -> Built:
         _xenstore_home(dom0, domid, spec, store, console)
         for disk in spec.get("disks", []):
             vbd.add_vbd(dom0.xs, domid, disk)
+        for nic in spec.get("vifs", []):
+            vif.add_vif(dom0.xs, domid, nic)
         dom0.xenstored.introduce_domain(domid, XENSTORE_PFN, store)
         dom0.consoled.attach(domid, spec["name"], console)
     except Exception:
@@ -121,6 +123,8 @@ def destroy(dom0, domid: int) -> None:
     vm = xs.try_read(f"/local/domain/{domid}/vm") or f"/vm/{domid}"
     for dev in vbd.list_vbds(xs, domid):
         vbd.remove_dirs(xs, domid, dev["devid"])
+    for dev in vif.list_vifs(xs, domid):
+        vif.remove_dirs(xs, domid, dev["devid"])
     for path in (f"/local/domain/{domid}", vm, f"/libxl/{domid}"):
         try:
             xs.rm(path)

@@ -3,7 +3,7 @@
 import os
 import time
 
-from domains.dom0.toolstack import vbd
+from domains.dom0.toolstack import vbd, vif
 from domains.dom0.toolstack.control import Wait
 from domains.dom0.toolstack.toolstack import ToolstackError
 from hypervisor.public.xen import DomctlCmd, Hypercall, SysctlCmd
@@ -132,6 +132,52 @@ def build_ops(dom0) -> dict:
                 return True
         raise ToolstackError(f"no backend for {dom}'s {vdev}")
 
+    def network_list(dom, **_):
+        """Each vif with its live counters (the vif interface's view: rx = from the guest)."""
+        domid = ts.lookup(dom)
+        live = {r["devid"]: r for r in dom0.netback.statistics(domid)}
+        return [{**row, **live.get(row["devid"], {})} for row in vif.list_vifs(xs, domid)]
+
+    def network_attach(dom, nic, **_):
+        domid = ts.lookup(dom)
+        if not isinstance(nic, dict) or not nic.get("mac"):
+            raise ToolstackError("network-attach needs a vif spec with a mac")
+        taken = {d["devid"] for d in vif.list_vifs(xs, domid)}
+        nic = {**nic, "devid": next(i for i in range(len(taken) + 1) if i not in taken)}
+        try:
+            return vif.add_vif(xs, domid, nic)
+        except ValueError as exc:
+            raise ToolstackError(str(exc)) from None
+
+    def network_detach(dom, devid, force=False, wait_ms=10_000, **_):
+        domid = ts.lookup(dom)
+        dev = next((d for d in vif.list_vifs(xs, domid)
+                    if str(d["devid"]) == str(devid) or d["mac"] == devid), None)
+        if dev is None:
+            raise ToolstackError(f"{dom} has no vif {devid}")
+        if force or dev["backend_state"] is None:
+            vif.remove_dirs(xs, domid, dev["devid"])
+            return True
+        vif.request_remove(xs, domid, dev["devid"])
+
+        def check(expired):
+            _, be_path = vif.paths(domid, dev["devid"])
+            if xs.try_read(f"{be_path}/state") in (None, "6"):
+                vif.remove_dirs(xs, domid, dev["devid"])
+                return True
+            if expired:
+                raise ToolstackError(f"the backend of vif {devid} did not close; "
+                                     "use --force to remove it anyway")
+            return None
+        return Wait(check, wait_ms)
+
+    def netback_restart(dom, devid=0, **_):
+        be = dom0.netback.backends.get((ts.lookup(dom), int(devid)))
+        if be is None:
+            raise ToolstackError(f"no netback for {dom}'s vif {devid}")
+        be.restart()
+        return True
+
     def halt(**_):
         k.call_soon(dom0.halt)
         return True
@@ -169,7 +215,9 @@ def build_ops(dom0) -> dict:
             "console_read": console_read, "console_write": console_write,
             "wait_booted": wait_booted, "block_list": block_list,
             "block_attach": block_attach, "block_detach": block_detach,
-            "blkback_restart": blkback_restart,
+            "blkback_restart": blkback_restart, "network_list": network_list,
+            "network_attach": network_attach, "network_detach": network_detach,
+            "netback_restart": netback_restart,
             "wait_gone": wait_gone, "halt": halt, "xs_read": xs_read,
             "xs_write": xs_write, "xs_rm": xs_rm, "xs_wait": xs_wait, "xs_ls": xs_ls,
             "xs_perms": xs_perms}
