@@ -128,9 +128,7 @@ def _counters(h) -> dict[str, Any]:
     packets = {}
     for dom in ("d1", "d2"):
         for vif in h.xl("network_list", dom=dom):
-            s = vif.get("statistics", {})
-            packets[f"{dom}.{vif.get('devid')}"] = int(s.get("rx_packets", 0)) + \
-                int(s.get("tx_packets", 0))
+            packets[vif["name"]] = int(vif.get("rx_packets", 0)) + int(vif.get("tx_packets", 0))
     sends = sum(int(d.get("evtchn_sends", 0)) for d in h.xl("list"))
     return {"packets": packets, "sends": sends}
 
