@@ -350,4 +350,6 @@ def gnttab_unmap(xen, dom, seq, args):
 
 @hypercall(Hypercall.grant_table_op, GnttabOp.copy)
 def gnttab_copy(xen, dom, seq, args):
-    return (0, [int(xen.gnttab.copy(dom.domid, op)) for op in A.get_list(args, MAX_BATCH)])
+    out = [int(xen.gnttab.copy(dom.domid, op)) for op in A.get_list(args, MAX_BATCH)]
+    trace.stamp(trace.XEN_GNTTAB_COPY, 0, dom.domid, len(out))
+    return (0, out)

@@ -67,9 +67,9 @@ def _fault_parser(sub) -> None:
 def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="boot the default host and walk through what happens, "
                        "from real traces")
-    d.add_argument("--section", type=int, action="append", choices=(1, 2, 3, 4),
+    d.add_argument("--section", type=int, action="append", choices=(1, 2, 3, 4, 5),
                    help="run only this part (repeatable): 1 launch foo, 2 fopen/fwrite, "
-                   "3 protection, 4 why virtualize")
+                   "3 protection, 4 foo over the network, 5 why virtualize")
     d.add_argument("-o", "--output", default="xenolab-demo-trace.json", metavar="FILE.json",
                    help="the Chrome trace JSON (default ./xenolab-demo-trace.json)")
 

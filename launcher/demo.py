@@ -6,18 +6,21 @@ Rules:
    the trace records every process wrote. Nothing it prints is scripted:
    each numbered step is a record some process stamped while it worked.
 2. Sections: 1 launching foo; 2 foo's fopen and fwrite (where foo blocks,
-   where it resumes); 3 process protection; 4 why virtualize. Sections 1
-   and 2 share one run of foo.
+   where it resumes); 3 process protection; 4 foo over the network (a TCP
+   message to an echo server in d2 and its reply: netfront, grants, event
+   channels, netback, the bridge; where foo and echod block and resume);
+   5 why virtualize. Sections 1 and 2 share one run of foo.
 3. It ends with the paths of the trace files: Chrome trace-event JSON for
    Perfetto or chrome://tracing, and the raw per-process records.
 """
 
 import os
 import re
+import shutil
 import time
 
 from hypervisor.public import trace as T
-from launcher import trace
+from launcher import rundir, trace
 from launcher.devspec import resolve_disks
 from launcher.guestshell import GuestShell
 from launcher.host import Host
@@ -26,12 +29,15 @@ from launcher.rundir import HostError
 
 HOST = "demo"
 SECTIONS = {1: "A user launches foo in d1", 2: "foo: fopen(\"bar\"), then fwrite",
-            3: "Process protection", 4: "Why virtualize"}
+            3: "Process protection", 4: "foo over the network: d1 -> d2 and back",
+            5: "Why virtualize"}
 NOISE = {T.CONSOLE_WRITE}
 PROMPT = re.compile(r"/\S* # ")  # console chatter: every prompt and echo would show
 
 
 def run(sections: list[int], out_json: str, say=print) -> int:
+    # fresh images: /bin holds this version's programs, and every run starts alike
+    shutil.rmtree(rundir.image_dir(rundir.host_name(HOST)), ignore_errors=True)
     h = Host(default_host(), name=HOST, progress=lambda m: say(f"*** {m}"), trace=True)
     h.start()
     try:
@@ -170,6 +176,67 @@ class Demo:
                 self.say(f"    d1$ {line}")
 
     def section_4(self) -> None:
+        d2 = GuestShell(self.h, "d2")
+        d2.type("echod -n 1 &\n")
+        d2.wait_for("echod: listening on port 7")
+        t0 = time.monotonic_ns()
+        out = self.sh.run("foo -n d2")
+        d2.wait_for("echod: echoed")
+        doms = {d["name"]: d["domid"] for d in self.h.xl("list")}
+        events = [e for e in self._events(t0) if self._about_net(e, doms["d1"], doms["d2"])]
+        foo, echod = self._pid_of(events, "foo"), self._last_pid(events, "echod", doms["d2"])
+        events = [e for e in events if self._net_step(e, doms, foo, echod)]
+        mine = [(e.domid, e.a) == (doms["d1"], foo) for e in events]
+        start = next(i for i, e in enumerate(events)
+                     if mine[i] and e.point == T.SYSCALL_ENTER and e.s == "connect")
+        end = max(i for i, e in enumerate(events)
+                  if mine[i] and e.point == T.SYSCALL_EXIT and e.s == "recv")
+        part = events[start:end + 1]
+        marks = {}
+        for e in part:
+            who = "foo" if e.domid == doms["d1"] else "echod"
+            if e.point == T.PROC_BLOCK:
+                marks[id(e)] = f"{who} BLOCKS ({e.s}: waiting for the network)"
+            elif e.point == T.PROC_WAKE:
+                marks[id(e)] = f"{who} RESUMES"
+        self.say("d2 runs the echo server echod; in d1, foo connects to d2:7 over TCP, sends "
+                 "a message and reads the reply:")
+        self._steps(part, marks)
+        self.say(f"\nd1's console: {out.strip()}")
+
+    def _about_net(self, e, d1: int, d2: int) -> bool:
+        if e.point in NOISE or e.proc.is_device:
+            return False
+        if e.domid not in (None, 0, d1, d2):
+            return False
+        point = T.Point(e.point) if e.point in T.Point._value2member_map_ else None
+        return point is None or "{adom}" not in point.text or e.a in (0, d1, d2)
+
+    @staticmethod
+    def _net_step(e, doms: dict, foo: int, echod: int) -> bool:
+        """foo's and echod's own steps, the network path's, and Xen's work for
+        them: not the shells, not the consoles, not the disks."""
+        per_process = {T.PCB_CREATE, T.PROC_EXEC, T.SCHED_IN, T.PROC_BLOCK, T.PROC_WAKE,
+                       T.PROC_EXIT, T.SYSCALL_ENTER, T.SYSCALL_EXIT, T.PAGE_FAULT}
+        if e.point in per_process:
+            return (e.domid, e.a) in ((doms["d1"], foo), (doms["d2"], echod))
+        if e.point in (T.XEN_HYPERCALL, T.HYPERCALL):
+            return "console" not in e.s and "sched_op" not in e.s
+        return e.point not in (T.KERNEL_BLOCK, T.KERNEL_WAKE, T.BLKFRONT_SUBMIT,
+                               T.BLKFRONT_RESPONSE, T.BLKBACK_DISPATCH, T.BLKBACK_RESPONSE,
+                               T.DRIVER_DOORBELL, T.DRIVER_IRQ, T.XEN_PIRQ, T.RING_PUSH,
+                               T.BCACHE_MISS, T.BLOCK_READ, T.BLOCK_WRITE, T.EXT2_LOOKUP)
+
+    @staticmethod
+    def _last_pid(events: list, name: str, domid: int) -> int:
+        pids = [e.a for e in events if e.domid == domid and e.point in (T.SYSCALL_ENTER,
+                                                                          T.PROC_WAKE)
+                and e.s in ("accept", "recv", name)]
+        if not pids:
+            raise HostError(f"no process {name} in the trace")
+        return pids[0]
+
+    def section_5(self) -> None:
         self.say("Consolidation: one machine, several operating systems, each with its "
                  "own memory and CPU time:")
         self._list()

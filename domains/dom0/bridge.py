@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from hypervisor.public import trace as T
+
 AGEING_TIME_S = 300.0
 MAX_FDB = 4096  # a guest spoofing source MACs cannot grow the table without bound
 _segment: Callable[[bytes, int], list[bytes]] | None = None
@@ -89,9 +91,14 @@ class Bridge:
             out = entry[0]
             if out is not port:
                 self._n["forwarded"] += 1
+                if T.on:
+                    T.stamp(T.BRIDGE_FORWARD, 0, len(frame), 0,
+                            f"{self.name} forwards {port.name}>{out.name}")
                 self._send(out, frame, gso_size)
             return
         self._n["flooded"] += 1
+        if T.on:
+            T.stamp(T.BRIDGE_FORWARD, 0, len(frame), 0, f"{self.name} floods from {port.name}")
         for out in list(self.ports):
             if out is not port:
                 self._send(out, frame, gso_size)

@@ -20,6 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from domains.kernel.framesum import summary
+from hypervisor.public import trace as T
+
 
 def ip_config(cmdline: str, printk: Callable[[str], None]):
     """The static configuration in the cmdline's `ip=` (the core's parser,
@@ -141,6 +144,8 @@ class NetGlue:
         def receive(frame: bytes, gso_size: int) -> None:
             iface.rx_packets += 1
             iface.rx_bytes += len(frame)
+            if T.on:
+                T.stamp(T.NET_RX, T.current, len(frame), 0, summary(frame))
             inner(frame, gso_size)
             if not self.flush_queued:
                 self.flush_queued = True
@@ -149,6 +154,9 @@ class NetGlue:
         def transmit(frames: list[tuple[bytes, int]]) -> None:
             iface.tx_packets += len(frames)
             iface.tx_bytes += sum(len(f) for f, _ in frames)
+            if T.on:
+                for f, _ in frames:
+                    T.stamp(T.NET_TX, T.current, len(f), 0, summary(f))
             send(frames)
         dev.receiver, dev.transmit = receive, transmit
 

@@ -22,6 +22,7 @@ from domains.kernel.ring import FrontRing
 from domains.kernel.xenbus import XenbusError
 from domains.kernel.xenbus_state import Duty, Role, Switch, next_actions
 from domains.xenolinux.netfront_core import NetfrontCore, NetfrontState
+from hypervisor.public import trace as T
 from hypervisor.public.netif import NETIF_RX_ENTRY_SIZE, NETIF_TX_ENTRY_SIZE
 from hypervisor.public.xenbus import XenbusState as S
 
@@ -160,6 +161,7 @@ class Netfront:
 
     def transmit(self, frames: list[tuple[bytes, int]]) -> None:
         self.core.transmit(frames)
+        T.stamp(T.NETFRONT_TX, T.current, len(frames))
         self._push()
 
     def _push(self) -> None:
@@ -168,6 +170,8 @@ class Netfront:
 
     def _on_event(self) -> None:
         frames = self.core.handle_responses()
+        if frames:
+            T.stamp(T.NETFRONT_RX, 0, len(frames))
         if self.core.error is not None and self.core.state is NetfrontState.ERROR:
             self.g.printk(f"netfront {self.name}: {self.core.error}")
         receiver = self.receiver

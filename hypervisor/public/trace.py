@@ -121,6 +121,18 @@ class Point(enum.IntEnum):
     CONSOLE_WRITE = 38, "console", INSTANT, "{who}: writes {a} bytes to its console"
     # -- guest memory, continued (b = the guest pid) ----------------------------------------
     ASPACE_CREATE = 39, "mm", INSTANT, "{who}: builds address space 0..{a:#x} for process {b}"
+    # -- the network path (s = a tcpdump-like summary of the frame, a = bytes) -------------
+    NET_TX = 40, "tcpip", INSTANT, "{who}: TCP/IP sends {s}"
+    NET_RX = 41, "tcpip", INSTANT, "{who}: TCP/IP receives {s}"
+    NETFRONT_TX = 42, "netfront", INSTANT, "{who}: netfront puts {a} frame(s) on the tx ring"
+    NETFRONT_RX = 43, "netfront", INSTANT, "{who}: netfront takes {a} frame(s) off the rx ring"
+    NETBACK_TX = 44, "netback", INSTANT, \
+        "{who}: netback grant-copies {b} frame(s) out of {adom}'s tx ring"
+    BRIDGE_FORWARD = 45, "bridge", INSTANT, "{who}: bridge {s}"
+    NETBACK_RX = 46, "netback", INSTANT, \
+        "{who}: netback grant-copies {b} frame(s) into {adom}'s rx buffers"
+    XEN_GNTTAB_COPY = 47, "xen.gnttab", INSTANT, \
+        "Xen: GNTTABOP_copy for {adom}: checks the grants, copies {b} piece(s)"
 
 
 globals().update(Point.__members__)  # trace.SYSCALL_ENTER is Point.SYSCALL_ENTER

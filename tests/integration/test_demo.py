@@ -61,8 +61,34 @@ def test_section_3_shows_isolation_and_xen_refusals(demo):
     assert len(re.findall(r"REFUSED E[A-Z]+ at entry 0", text)) == 3
 
 
-def test_section_4_destroys_pauses_and_creates(demo):
-    text = demo[0].split("=== 4.")[1].split("Trace files")[0]
+def test_section_4_foo_over_tcp_blocks_until_the_network_answers(demo):
+    lines = steps(demo[0], 4)
+    assert "calls connect()" in lines[0] and "recv() returns 15" in lines[-1]
+    # the whole path, in order: the SYN leaves d1 and reaches d2 through Dom0
+    order = ["TCP/IP sends TCP 10.0.0.11", "netfront puts 1 frame(s) on the tx ring",
+             "EVTCHNOP_send", "Xen → Domain-0", "netback grant-copies", "GNTTABOP_copy",
+             "bridge xenbr0 forwards vif1.0>vif2.0", "into d2/XenoLinux's rx buffers",
+             "Xen → d2/XenoLinux", "d2/XenoLinux: netfront takes",
+             "d2/XenoLinux: TCP/IP receives TCP 10.0.0.11"]
+    pos = 0
+    for want in order:
+        pos = next((i for i in range(pos, len(lines)) if want in lines[i]), None)
+        assert pos is not None, f"no {want!r} after the steps before it:\n" + "\n".join(lines)
+    for who in ("foo", "echod"):
+        blocks = [i for i, x in enumerate(lines) if f"<== {who} BLOCKS" in x]
+        resumes = [i for i, x in enumerate(lines) if x.endswith(f"<== {who} RESUMES")]
+        assert blocks and resumes, who
+        for b in blocks:  # each wake-up follows its block, and a frame's arrival
+            r = next((i for i in resumes if i > b), None)
+            if r is None:  # echod still waits for the next message when foo is done
+                assert who == "echod" and b > max(resumes), lines[b:]
+                continue
+            assert any("netfront takes" in x for x in lines[b:r]), (who, lines[b:r])
+    assert "reply b'hello from foo\\n'" in demo[0]
+
+
+def test_section_5_destroys_pauses_and_creates(demo):
+    text = demo[0].split("=== 5.")[1].split("Trace files")[0]
     assert "still here" in text and "--p---" in text
     assert re.search(r"^\s+d2\s+3\s+32", text, re.M)  # created again, a new domid
 

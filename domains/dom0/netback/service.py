@@ -22,6 +22,7 @@ import traceback
 
 from domains.dom0.netback.core import TxPacket
 from domains.dom0.netback.vif import ROOT, VifBackend
+from hypervisor.public import trace as T
 from hypervisor.public.grant_table import GNTST, GNTCOPY_dest_gref, GNTCOPY_source_gref
 from hypervisor.public.netif import NETIF_RSP_ERROR, NETIF_RSP_OKAY
 from hypervisor.public.xen import DOMID_SELF
@@ -122,6 +123,9 @@ class NetbackService:
                 ops.append({"source": {"ref": gref, "domid": vif.fe, "offset": offset},
                             "dest": {"gmfn": pfn, "domid": DOMID_SELF, "offset": 0},
                             "len": size, "flags": GNTCOPY_source_gref})
+        if T.on:
+            for vif in dict.fromkeys(v for v, _ in good):
+                T.stamp(T.NETBACK_TX, 0, vif.fe, sum(1 for v, _ in good if v is vif))
         status = self._copy(ops)
         out, k = [], 0
         for vif, pkt in batch:
@@ -151,6 +155,9 @@ class NetbackService:
                 ops.append({"source": {"gmfn": pfn, "domid": DOMID_SELF, "offset": 0},
                             "dest": {"ref": gref, "domid": vif.fe, "offset": 0},
                             "len": length, "flags": GNTCOPY_dest_gref})
+        if T.on:
+            for vif in dict.fromkeys(v for v, _ in batch):
+                T.stamp(T.NETBACK_RX, 0, vif.fe, sum(1 for v, _ in batch if v is vif))
         status = self._copy(ops)
         k = 0
         for vif, pkt in batch:
