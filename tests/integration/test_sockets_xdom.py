@@ -48,10 +48,12 @@ def test_netfoo_and_nettput_across_domains(pair):
     assert d1.run("netfoo 10.0.0.12 7 50000").endswith("got 50000 back: same")
     assert d2.finished(pid) == "exit 0"
     pid = d2.background("nettput -s 6000 > /tmp/tput")
-    client = d1.run("nettput d2 6000 2M")
+    client = d1.run("nettput d2 6000 10M")  # issue 6 §7: 10 MiB, same crc32
     assert d2.finished(pid) == "exit 0"
     line = re.compile(r"(\d+) bytes in [\d.]+ s, [\d.]+ Mbit/s, crc32 ([0-9a-f]{8})")
-    assert line.search(client).groups() == line.search(d2.run("cat /tmp/tput")).groups()
+    sent = line.search(client).groups()
+    assert sent[0] == str(10 << 20) and "server got the same bytes" in client, client
+    assert line.search(d2.run("cat /tmp/tput")).groups() == sent
 
 
 def test_httpd_in_d2_serves_d1_and_nc_udp(pair):
