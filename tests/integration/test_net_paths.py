@@ -182,3 +182,52 @@ def test_the_vif_pcap_reads_with_tcpdump(lab):
                for x in lines), lines[:20]
     assert any(re.search(r"IP 10\.0\.0\.22\.6002 > 10\.0\.0\.21\.\d+: Flags \[S\.\]", x)
                for x in lines), lines[:20]
+
+
+# ---- a real client in a network namespace, through TAP ---------------------------------
+
+@pytest.fixture
+def netns():
+    """A network namespace made for this test, always deleted after it."""
+    if os.geteuid() != 0:
+        pytest.skip("TAP in a network namespace needs root")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("no /dev/net/tun: TAP mode cannot be tested here")
+    missing = [cmd for cmd in ("ip", "curl") if shutil.which(cmd) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+    name = f"xl-t{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+def in_ns(ns: str, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_curl_in_a_netns_fetches_the_guests_page_through_tap(netns, make_host):
+    from launcher.devspec import DeviceSpec
+    from launcher.hostspec import default_host
+    from tests.integration.test_sockets import Shell
+    tap = f"xlt{os.getpid() % 100000}"
+    spec = default_host()
+    nic = DeviceSpec(name="nic0", kind="nic", tap=tap, tap_netns=netns)
+    h = make_host(dataclasses.replace(spec, domains=spec.domains[:1], devices=(nic,)))
+    subprocess.run(["ip", "-n", netns, "addr", "add", "10.0.0.1/24", "dev", tap], check=True)
+    subprocess.run(["ip", "-n", netns, "link", "set", tap, "up"], check=True)
+    d1 = Shell(GuestShell(h, "d1"))
+    pid = d1.background("httpd -n 1 > /tmp/httpd.log")
+    if shutil.which("ping"):  # iputils is optional here; curl is the point
+        ping = in_ns(netns, "ping", "-c", "1", "-W", "5", "10.0.0.11")
+        assert ping.returncode == 0 and "1 received" in ping.stdout, ping.stdout + ping.stderr
+    page = in_ns(netns, "curl", "-s", "--max-time", "10", "http://10.0.0.11/")
+    assert page.returncode == 0, page.stderr
+    assert page.stdout == (ROOT / "domains/xenolinux/rootfs/www/index.html").read_text()
+    assert d1.finished(pid) == "exit 0"
+    assert '10.0.0.1 "GET / HTTP/1.1" 200' in d1.run("cat /tmp/httpd.log")
+    # and the guest reaches its gateway: the namespace's end of the TAP
+    assert "1 received" in d1.run("ping -c 1 gateway")
