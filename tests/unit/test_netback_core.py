@@ -113,6 +113,7 @@ def test_several_packets_in_one_poll_and_a_multicast_extra_is_skipped():
       EXTRA_INFO.pack(XEN_NETIF_EXTRA_TYPE_GSO, 0, 1448, XEN_NETIF_GSO_TYPE_TCPV6, 0)
       + bytes(4)], "Bad GSO type"),
     ([req(1, 100, NETTXF_extra_info), pack_gso_extra(0) + bytes(4)], "GSO size"),
+    ([req(1, 100, NETTXF_extra_info), pack_gso_extra(1) + bytes(4)], "GSO size"),  # a DoS
     ([req(1, 100, NETTXF_extra_info), pack_gso_extra(1000, more=True) + bytes(4)],
      "Missing extra info"),
     ([req(1, 4000, NETTXF_more_data)] + [req(i, 10, NETTXF_more_data) for i in range(2, 40)],

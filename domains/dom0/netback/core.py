@@ -58,6 +58,7 @@ from hypervisor.public.netif import (
 )
 from hypervisor.public.xen import PAGE_SIZE
 
+GSO_MIN_SIZE = 88  # Linux's TCP_MIN_MSS: no real TCP segment is smaller
 ETH_HLEN = 14
 FATAL_SKB_SLOTS = 20  # Linux netback's fatal_skb_slots: more is malicious
 MAX_SKB_SLOTS = XEN_NETIF_NR_SLOTS_MIN  # more (but not fatal) is dropped
@@ -179,8 +180,10 @@ class NetbackCore:
             if type_ == XEN_NETIF_EXTRA_TYPE_GSO:
                 if gso_type != XEN_NETIF_GSO_TYPE_TCPV4 or not self.features.gso_tcpv4:
                     raise FrontendError(f"Bad GSO type {gso_type}")
-                if gso_size == 0:
-                    raise FrontendError("GSO size must not be zero")
+                if gso_size < GSO_MIN_SIZE:
+                    # Linux rejects only 0; here one tiny size would make Dom0's
+                    # Python segmenter cut 60 KB into 1-byte pieces (a DoS).
+                    raise FrontendError(f"GSO size {gso_size} below {GSO_MIN_SIZE}")
                 pkt.gso_size = gso_size
             # multicast and hash extras carry nothing the model uses
             pkt.ids.append((TX_REQUEST.unpack(raws[i])[3], True))
