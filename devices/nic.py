@@ -1,11 +1,10 @@
 """The NIC device process: an Ethernet controller on a wire and/or a TAP.
 
 Rules:
-1. Process and platform: exactly the disk device's (devices.disk rules 1-2:
-   started by the launcher before Xen, a secret, a control socket for the
-   IOMMU table and domains' memory, an IRQ, MMIO on a PULL read only once
-   Dom0's memory is here). That machinery is inherited from DiskDevice;
-   only the controller differs.
+1. Process and platform: devices.platform, as for the disk device (started
+   by the launcher before Xen, a secret, a control socket for the IOMMU
+   table and domains' memory, an IRQ, MMIO on a PULL read only once Dom0's
+   memory is here); only the controller differs.
 2. Register semantics (hypervisor.public.nicdev): "init" resets the
    controller (frames waiting for RX buffers are dropped) and attaches to
    the driver's two rings; "kick" runs both rings; "wire" sets the link's
@@ -20,21 +19,19 @@ Rules:
 """
 
 import argparse
-import signal
 import sys
 import time
 import zlib
 
 import zmq
 
-from devices.disk import HELLO_SEQ, IRQ_FRAME, PR_SET_PDEATHSIG, DiskDevice, log
-from devices.dma import DmaFault, Iommu
+from devices.dma import DmaFault
 from devices.niccore import NicCore
+from devices.platform import PlatformDevice, as_hardware, device_parser, log
 from devices.tap import Tap
 from devices.wire import WirePort
 from devices.wirefaults import WireFaults, WireSettings
 from domains.kernel.ring import BackRing
-from hypervisor.public import envelope
 from hypervisor.public.nicdev import (
     INFO_SIZE,
     LINK_CHANGES_WORD,
@@ -50,7 +47,6 @@ from hypervisor.public.nicdev import (
     decode_mmio,
     pack_info,
 )
-from hypervisor.public.platform import IOMMU_FOREIGN_BASE, PLATFORM_OP, PlatformOp
 
 MODEL = "Xenolab Virtual Ethernet"
 
@@ -65,22 +61,20 @@ def parse_mac(text: str, host: str, name: str) -> bytes:
     return b"\x02\x58" + zlib.crc32(f"{host}/{name}".encode()).to_bytes(4, "big")
 
 
-class NicDevice(DiskDevice):
+class NicDevice(PlatformDevice):
+    kind, mmio_error = "nic", NicDevError
+    decode_mmio = staticmethod(decode_mmio)
+
     def __init__(self, a: argparse.Namespace) -> None:
-        self.name, self.host, self.kind = a.name, a.host, "nic"
-        self.irq = a.irq
         self.mac = parse_mac(a.mac, a.host, a.name)
         settings = WireSettings(a.drop, a.dup, a.reorder, a.delay_ms, a.partition)
         self.egress = WireFaults(settings, a.seed)
         self.ingress = WireFaults(settings, a.seed + 1)
-        self.iommu = Iommu(0, IOMMU_FOREIGN_BASE, refresh=self._drain_ctl)
-        self.maps: dict = {}
         self.core: NicCore | None = None
         self.info: memoryview | None = None  # the driver's info page, cast("I")
         self.link_changes = 0
-        self.hello_done = self.running = False
         self.kicks = self.irqs = 0
-        self._open_channels(a)
+        super().__init__(a)
         self.wire = WirePort(self.ctx, a.wire) if a.wire else None
         self.tap = self._open_tap(a.tap, a.tap_netns) if a.tap else None
         if self.wire is not None:
@@ -109,8 +103,7 @@ class NicDevice(DiskDevice):
 
     def run(self) -> None:
         self.running = True
-        self.xen.send(envelope.encode_request(HELLO_SEQ, PLATFORM_OP, PlatformOp.hello,
-                                              {"name": self.name, "kind": self.kind}))
+        self.hello()
         while self.running:
             for sock, _ in self.poller.poll(self._timeout_ms()):
                 self.handlers[sock]()
@@ -144,10 +137,7 @@ class NicDevice(DiskDevice):
             self.raise_irq()
 
     def raise_irq(self) -> None:
-        try:
-            self.xen.send(IRQ_FRAME, zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # Xen is gone or wedged: the interrupt line goes nowhere
+        self.send_irq()
 
     # ---- media (rule 3) --------------------------------------------------------------
 
@@ -186,36 +176,15 @@ class NicDevice(DiskDevice):
 
     # ---- MMIO (rule 2) ------------------------------------------------------------
 
-    def _hello_reply(self, rc: int, out) -> None:
-        if rc != 0 or not isinstance(out, dict):
-            log(f"{self.name}: Xen refused hello (rc {rc}); stopping")
-            self.running = False
-            return
-        self.iommu.dom0_pages = int(out["dom0_pages"])
-        self.iommu.foreign_base = int(out["foreign_base"])
-        self.hello_done = True
+    def describe(self) -> str:
         media = [f"wire {self.wire.name}"] if self.wire else []
         media += [f"TAP {self.tap.name}" + (f" in netns {self.tap.netns}" if self.tap.netns
                                             else "")] if self.tap else []
-        log(f"{self.name}: up on IRQ {out['irq']}, MAC {self.mac.hex(':')}, "
-            f"{' and '.join(media) or 'no medium'}, faults {self.egress.settings.describe()}")
-        self._check_ready()
-
-    def _on_mmio(self) -> None:
-        while self.running:
-            try:
-                frame = self.mmio.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = decode_mmio(frame)
-            except NicDevError as exc:
-                log(f"{self.name}: ignored MMIO write: {exc}")
-                continue
-            getattr(self, "_mmio_" + msg["op"])(msg)
+        return (f"MAC {self.mac.hex(':')}, {' and '.join(media) or 'no medium'}, "
+                f"faults {self.egress.settings.describe()}")
 
     def _mmio_init(self, msg: dict) -> None:
-        self._drain_ctl()  # a restarted Dom0's new memory (devices.disk)
+        self._drain_ctl()  # a restarted Dom0's new memory (devices.platform)
         self._reset()
         try:
             info = self.iommu.frame(msg["info_bfn"], write=True)
@@ -291,18 +260,11 @@ class NicDevice(DiskDevice):
             self.wire.close()
         if self.tap is not None:
             self.tap.close()
-        self.xen.close(0)
-        self.mmio.close(0)
-        self.ctx.term()
-        self.ctl.close()
+        self.close_channels()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="devices.nic", description=__doc__.splitlines()[0])
-    for opt in ("--host", "--name", "--endpoint", "--secret"):
-        p.add_argument(opt, required=True)
-    p.add_argument("--ctl-fd", type=int, required=True)
-    p.add_argument("--irq", type=int, required=True)
+    p = device_parser("devices.nic", __doc__)
     p.add_argument("--mac", default="")
     p.add_argument("--wire", default="")
     p.add_argument("--tap", default="")
@@ -310,22 +272,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for opt in ("--drop", "--dup", "--reorder", "--delay-ms"):
         p.add_argument(opt, type=float, default=0.0)
     p.add_argument("--partition", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
-
-
-def _as_hardware(a: argparse.Namespace) -> None:
-    import ctypes
-
-    from setproctitle import setproctitle
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the launcher
-    setproctitle(f"xenolab[{a.host}]: {a.name} (nic device)")
 
 
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
-    _as_hardware(a)
+    as_hardware(a, "nic")
     dev = NicDevice(a)
     try:
         dev.run()

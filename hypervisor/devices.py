@@ -171,6 +171,6 @@ class DevicesMixin:
     def close_devices(self) -> None:
         for dev in self.devices.values():
             if dev.state in (DeviceState.booting, DeviceState.up):
-                dev.ctl.close()  # the device powers off (devices.disk rule 1)
+                dev.ctl.close()  # the device powers off (devices.platform rule 1)
         if self.firmware is not None:
             self.firmware.close()
