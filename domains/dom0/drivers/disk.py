@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from domains.dom0.drivers.devinfo import poll_irq_until, published_info
 from domains.kernel.ring import FrontRing, RingError, RingStatistics
 from hypervisor.public import hops, trace
 from hypervisor.public.diskdev import (
@@ -54,7 +55,7 @@ from hypervisor.public.diskdev import (
     unpack_completion,
     unpack_info,
 )
-from hypervisor.public.xen import PAGE_SHIFT, PAGE_SIZE, Hypercall, SchedOp
+from hypervisor.public.xen import PAGE_SHIFT, PAGE_SIZE
 
 Callback = Callable[[int], None]
 KICK = encode_mmio("kick")
@@ -184,24 +185,16 @@ class DiskDriver:
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Boot: SCHEDOP_poll on our IRQ's port until the info page is valid."""
-        deadline = time.monotonic_ns() + int(timeout_s * 1e9)
-        while True:
-            self.k.evtchn.clear(self.port)  # before the check: an IRQ after it re-pends
-            if self._check_info() or self.error:
-                return self.ready
-            left = deadline - time.monotonic_ns()
-            if left <= 0:
-                return False
-            self.k.xen.call(Hypercall.sched_op, SchedOp.poll,
-                            {"ports": [self.port], "timeout_ns": left})
+        poll_irq_until(self.k, self.port, lambda: self._check_info() or bool(self.error),
+                       timeout_s)
+        return self.ready
 
     def _check_info(self) -> bool:
         if self.info is not None:
             return True
-        with self.info_page[:4].cast("I") as magic:
-            if magic[0] != DISK_INFO_MAGIC:
-                return False
-        info = unpack_info(bytes(self.info_page[:INFO_SIZE]))
+        info = published_info(self.info_page, DISK_INFO_MAGIC, INFO_SIZE, unpack_info)
+        if info is None:
+            return False
         if info["init_status"] != 0:
             self.error = f"device refused init ({info['init_status']})"
             return False

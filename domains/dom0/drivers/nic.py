@@ -37,6 +37,7 @@ from collections import Counter, deque
 
 import zmq
 
+from domains.dom0.drivers.devinfo import poll_irq_until, published_info
 from domains.kernel.ring import FrontRing, RingError
 from hypervisor.public.nicdev import (
     ETH_HLEN,
@@ -58,7 +59,7 @@ from hypervisor.public.nicdev import (
     unpack_rx_rsp,
     unpack_tx_rsp,
 )
-from hypervisor.public.xen import PAGE_SIZE, Hypercall, SchedOp
+from hypervisor.public.xen import PAGE_SIZE
 
 KICK = encode_mmio("kick")
 TXQUEUELEN = 1000
@@ -139,24 +140,16 @@ class NicDriver:
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Boot: SCHEDOP_poll on our IRQ's port until the info page is valid."""
-        deadline = time.monotonic_ns() + int(timeout_s * 1e9)
-        while True:
-            self.k.evtchn.clear(self.port)
-            if self._check_info() or self.error:
-                return self.ready
-            left = deadline - time.monotonic_ns()
-            if left <= 0:
-                return False
-            self.k.xen.call(Hypercall.sched_op, SchedOp.poll,
-                            {"ports": [self.port], "timeout_ns": left})
+        poll_irq_until(self.k, self.port, lambda: self._check_info() or bool(self.error),
+                       timeout_s)
+        return self.ready
 
     def _check_info(self) -> bool:
         if self.info is not None:
             return True
-        with self.info_page[:4].cast("I") as magic:
-            if magic[0] != NIC_INFO_MAGIC:
-                return False
-        info = unpack_info(bytes(self.info_page[:INFO_SIZE]))
+        info = published_info(self.info_page, NIC_INFO_MAGIC, INFO_SIZE, unpack_info)
+        if info is None:
+            return False
         if info["init_status"] != 0:
             self.error = f"device refused init ({info['init_status']})"
             return False
