@@ -101,48 +101,40 @@ def instantiate(load, store) -> dict:
             scratch["size"] = max(n, 256)
         return scratch["addr"]
 
-    def write_bytes(fd: int, data: bytes):
-        """write(2) of Python bytes: staged in user memory first."""
-        if not data:
-            return 0
-        buf = yield from _scratch(len(data))
-        if not buf:
-            return -ERRNO["ENOMEM"]
-        store(buf, data)
-        return (yield Syscall("write", (fd, buf, len(data))))
-
-    def read_bytes(fd: int, n: int):
-        """read(2) into a scratch buffer; bytes, or -errno."""
-        buf = yield from _scratch(n)
-        if not buf:
-            return -ERRNO["ENOMEM"]
-        got = yield Syscall("read", (fd, buf, n))
-        return got if got < 0 else load(buf, got)
-
-    def send_bytes(fd: int, data: bytes):
-        """send(2) of Python bytes (all of them, as a blocking send does)."""
-        if not data:
-            return 0
-        buf = yield from _scratch(len(data))
-        if not buf:
-            return -ERRNO["ENOMEM"]
-        store(buf, data)
-        return (yield Syscall("send", (fd, buf, len(data))))
-
-    def recv_bytes(fd: int, n: int):
-        """recv(2) into a scratch buffer; bytes (b"": the peer closed), or -errno."""
-        buf = yield from _scratch(n)
-        if not buf:
-            return -ERRNO["ENOMEM"]
-        got = yield Syscall("recv", (fd, buf, n))
-        return got if got < 0 else load(buf, got)
-
-    def sendto_bytes(fd: int, data: bytes, addr):
+    def _out(call: str, fd: int, data: bytes, *rest):
+        """A call that takes user memory to send: `data` staged there first."""
         buf = yield from _scratch(max(len(data), 1))
         if not buf:
             return -ERRNO["ENOMEM"]
         store(buf, data)
-        return (yield Syscall("sendto", (fd, buf, len(data), addr)))
+        return (yield Syscall(call, (fd, buf, len(data), *rest)))
+
+    def _in(call: str, fd: int, n: int):
+        """A call that fills user memory: bytes, or -errno."""
+        buf = yield from _scratch(n)
+        if not buf:
+            return -ERRNO["ENOMEM"]
+        got = yield Syscall(call, (fd, buf, n))
+        return got if got < 0 else load(buf, got)
+
+    def write_bytes(fd: int, data: bytes):
+        """write(2) of Python bytes: staged in user memory first."""
+        return (yield from _out("write", fd, data)) if data else 0
+
+    def read_bytes(fd: int, n: int):
+        """read(2) into a scratch buffer; bytes, or -errno."""
+        return (yield from _in("read", fd, n))
+
+    def send_bytes(fd: int, data: bytes):
+        """send(2) of Python bytes (all of them, as a blocking send does)."""
+        return (yield from _out("send", fd, data)) if data else 0
+
+    def recv_bytes(fd: int, n: int):
+        """recv(2) into a scratch buffer; bytes (b"": the peer closed), or -errno."""
+        return (yield from _in("recv", fd, n))
+
+    def sendto_bytes(fd: int, data: bytes, addr):
+        return (yield from _out("sendto", fd, data, addr))
 
     def recvfrom_bytes(fd: int, n: int):
         """recvfrom(2): (bytes, sender address), or -errno."""
