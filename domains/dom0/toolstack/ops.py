@@ -101,27 +101,32 @@ def build_ops(dom0) -> dict:
         except ValueError as exc:
             raise ToolstackError(str(exc)) from None
 
+    def _detach(kind, domid: int, dev: dict, what: str, force: bool, wait_ms: int):
+        """xl *-detach: ask the backend to close (reference 7.6), then remove
+        both directories; `force`, or a backend that is gone, removes at once."""
+        if force or dev["backend_state"] is None:
+            kind.remove_dirs(xs, domid, dev["devid"])
+            return True
+        kind.request_remove(xs, domid, dev["devid"])
+
+        def check(expired):
+            _, be_path = kind.paths(domid, dev["devid"])
+            if xs.try_read(f"{be_path}/state") in (None, "6"):
+                kind.remove_dirs(xs, domid, dev["devid"])
+                return True
+            if expired:
+                raise ToolstackError(f"the backend of {what} did not close; "
+                                     "use --force to remove it anyway")
+            return None
+        return Wait(check, wait_ms)
+
     def block_detach(dom, vdev, force=False, wait_ms=10_000, **_):
         domid = ts.lookup(dom)
         dev = next((d for d in vbd.list_vbds(xs, domid)
                     if d["vdev"] == vdev or str(d["devid"]) == str(vdev)), None)
         if dev is None:
             raise ToolstackError(f"{dom} has no disk {vdev}")
-        if force or dev["backend_state"] is None:
-            vbd.remove_dirs(xs, domid, dev["devid"])
-            return True
-        vbd.request_remove(xs, domid, dev["devid"])
-
-        def check(expired):
-            _, be_path = vbd.paths(domid, dev["devid"])
-            if xs.try_read(f"{be_path}/state") in (None, "6"):
-                vbd.remove_dirs(xs, domid, dev["devid"])
-                return True
-            if expired:
-                raise ToolstackError(f"the backend of {vdev} did not close; "
-                                     "use --force to remove it anyway")
-            return None
-        return Wait(check, wait_ms)
+        return _detach(vbd, domid, dev, vdev, force, wait_ms)
 
     def blkback_restart(dom, vdev="xvda", **_):
         domid = ts.lookup(dom)
@@ -155,21 +160,7 @@ def build_ops(dom0) -> dict:
                     if str(d["devid"]) == str(devid) or d["mac"] == devid), None)
         if dev is None:
             raise ToolstackError(f"{dom} has no vif {devid}")
-        if force or dev["backend_state"] is None:
-            vif.remove_dirs(xs, domid, dev["devid"])
-            return True
-        vif.request_remove(xs, domid, dev["devid"])
-
-        def check(expired):
-            _, be_path = vif.paths(domid, dev["devid"])
-            if xs.try_read(f"{be_path}/state") in (None, "6"):
-                vif.remove_dirs(xs, domid, dev["devid"])
-                return True
-            if expired:
-                raise ToolstackError(f"the backend of vif {devid} did not close; "
-                                     "use --force to remove it anyway")
-            return None
-        return Wait(check, wait_ms)
+        return _detach(vif, domid, dev, f"vif {devid}", force, wait_ms)
 
     def netback_restart(dom, devid=0, **_):
         be = dom0.netback.backends.get((ts.lookup(dom), int(devid)))

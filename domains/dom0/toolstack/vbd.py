@@ -12,6 +12,7 @@ Rules (reference 2.4, 7.4, 7.6):
    `force` removes them at once.
 """
 
+from domains.dom0.toolstack import devdirs
 from hypervisor.public.blkif import vdev_devid
 from hypervisor.public.xenbus import XenbusState
 
@@ -48,18 +49,11 @@ def add_vbd(xs, fe: int, disk: dict) -> int:
 
 
 def request_remove(xs, fe: int, devid: int) -> None:
-    """Start a graceful unplug: the backend goes Closing, then Closed."""
-    _, be_path = paths(fe, devid)
-    with xs.transaction() as t:
-        t.write(f"{be_path}/online", "0")
-        if t.read(f"{be_path}/state") != str(int(XenbusState.Closed)).encode():
-            t.write(f"{be_path}/state", str(int(XenbusState.Closing)))
+    devdirs.request_remove(xs, paths(fe, devid)[1])
 
 
 def remove_dirs(xs, fe: int, devid: int) -> None:
-    fe_path, be_path = paths(fe, devid)
-    for p in (fe_path, be_path, f"/libxl/{fe}/device/vbd/{devid}"):
-        xs.rm(p)
+    devdirs.remove_dirs(xs, fe, "vbd", devid, *paths(fe, devid))
 
 
 def list_vbds(xs, fe: int) -> list[dict]:

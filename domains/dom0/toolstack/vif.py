@@ -15,7 +15,7 @@ Rules (reference 3.4, 7.4, 7.6):
    ip, vifname, mtu, rate, backend).
 """
 
-from domains.dom0.xenstored.perms import XsError
+from domains.dom0.toolstack import devdirs
 from hypervisor.public.xenbus import XenbusState
 
 DEFAULT_BRIDGE = "xenbr0"
@@ -54,24 +54,11 @@ def add_vif(xs, fe: int, vif: dict) -> int:
 
 
 def request_remove(xs, fe: int, devid: int) -> None:
-    """Start a graceful unplug: the backend goes Closing, then Closed."""
-    _, be_path = paths(fe, devid)
-    with xs.transaction() as t:
-        t.write(f"{be_path}/online", "0")
-        if t.read(f"{be_path}/state") != str(int(XenbusState.Closed)).encode():
-            t.write(f"{be_path}/state", str(int(XenbusState.Closing)))
+    devdirs.request_remove(xs, paths(fe, devid)[1])
 
 
 def remove_dirs(xs, fe: int, devid: int) -> None:
-    fe_path, be_path = paths(fe, devid)
-    for p in (fe_path, be_path, f"/libxl/{fe}/device/vif/{devid}"):
-        xs.rm(p)
-    parent = be_path.rsplit("/", 1)[0]  # libxl__xs_path_cleanup: no empty backend/vif/<fe>
-    if not xs.try_directory(parent):
-        try:
-            xs.rm(parent)
-        except XsError:
-            pass
+    devdirs.remove_dirs(xs, fe, "vif", devid, *paths(fe, devid))
 
 
 def list_vifs(xs, fe: int) -> list[dict]:
