@@ -113,6 +113,9 @@ class Tcb:
         self.rto_at: int | None = None
         self.delack_at: int | None = None
         self.persist_at: int | None = None
+        self.probe_at: int | None = None  # tail loss probe (RFC 8985 7)
+        self.probing = False  # a probe is out: no other until an ACK comes
+        self.probes = 0  # statistics
         self.close_at: int | None = None  # TIME_WAIT / orphaned FIN_WAIT_2 expiry
 
     # ---- opening -------------------------------------------------------------------
@@ -284,6 +287,7 @@ class Tcb:
             self._ack_soon()
             return False
         wnd = seg.wnd << self.snd_wscale
+        self.probing = False
         if seq_lt(self.snd_una, ack):
             self._new_ack(ack, seg.sacks)
         elif self.sack:
@@ -495,7 +499,7 @@ class Tcb:
     def _enter(self, state: str) -> None:
         self.state = state
         if state == TIME_WAIT:
-            self.rto_at = self.persist_at = None
+            self.rto_at = self.persist_at = self.probe_at = None
             self.close_at = self.io.now() + TIME_WAIT_NS
         self._event()
 
@@ -522,6 +526,7 @@ class Tcb:
             else:
                 self.pipe_adj = 0
             sent = self._send_data() or sent
+            self._arm_probe()
         if sent:
             return
         if self.ack_now or self.unacked >= 2 * self.mss:
@@ -558,6 +563,8 @@ class Tcb:
             n = min(avail, self.snd_wnd - off, cwnd - off + self.pipe_adj, self.seg_max)
             if avail > 0 and (n <= 0 or (n < avail and n < self.mss and off > 0)):
                 break  # window closed, or only a silly small segment fits (RFC 1122 SWS)
+            if self.mss < n < avail:
+                n -= n % self.mss  # whole MSS pieces: a lost odd piece costs a whole one
             flags = ACK
             if off + n == buffered:
                 flags |= (PSH if n else 0) | (FIN if fin_due else 0)
@@ -609,7 +616,7 @@ class Tcb:
 
     # ---- timers --------------------------------------------------------------------
     def deadline(self) -> int | None:
-        timers = (self.rto_at, self.delack_at, self.persist_at, self.close_at)
+        timers = (self.rto_at, self.delack_at, self.persist_at, self.close_at, self.probe_at)
         ts = [t for t in timers if t is not None]
         return min(ts) if ts else None
 
@@ -619,6 +626,9 @@ class Tcb:
         if self.rto_at is not None and self.rto_at <= now:
             self.rto_at = None
             self._rto_expired()
+        if self.probe_at is not None and self.probe_at <= now:
+            self.probe_at = None
+            self._probe()
         if self.persist_at is not None and self.persist_at <= now:
             self.persist_at = None
             if self.snd_wnd == 0 and self.state not in (CLOSED, TIME_WAIT):
@@ -627,6 +637,48 @@ class Tcb:
         if self.delack_at is not None and self.delack_at <= now:
             self.delack_at = None
             self._ack_soon()
+
+    def _arm_probe(self) -> None:
+        """PTO (RFC 8985 7.2): two SRTTs after the last send or ACK, plus the peer's
+        delayed ACK when a single segment is out; never later than the RTO."""
+        srtt = self.rtt.srtt
+        flight = seq_diff(self.snd_max, self.snd_una)
+        if (
+            self.probing
+            or srtt is None
+            or flight <= 0
+            or self.state
+            not in CAN_SEND
+            + (
+                FIN_WAIT_1,
+                LAST_ACK,
+            )
+        ):
+            self.probe_at = None
+            return
+        pto = max(2 * srtt, 2 * MS) + (DELACK_NS if flight <= self.mss else 0)
+        now = self.io.now()
+        if self.rto_at is None or now + pto < self.rto_at:
+            self.probe_at = now + pto
+
+    def _probe(self) -> None:
+        """A tail loss probe: one new MSS if the peer's window allows (cwnd does not
+        matter), else the last segment again; its ACK or SACK shows what was lost."""
+        flight = seq_diff(self.snd_max, self.snd_una)
+        if flight <= 0 or self.snd_nxt != self.snd_max:
+            return
+        self.probing = True
+        self.probes += 1
+        unsent = len(self.sndbuf) - flight
+        if unsent > 0 and self.snd_wnd - flight >= min(unsent, self.mss):
+            n = min(unsent, self.mss)
+            flags = ACK | (PSH if n == unsent else 0)
+            self._emit(self.snd_nxt, flags, self.sndbuf.peek(flight, n))
+            self._sent(n)
+        else:
+            data_end = min(flight, len(self.sndbuf))
+            off = max(0, data_end - self.mss)
+            self._retransmit(off, data_end - off)
 
     def _rto_expired(self) -> None:
         self.retries += 1
@@ -667,6 +719,7 @@ class Tcb:
             return
         self.state = CLOSED
         self.rto_at = self.delack_at = self.persist_at = self.close_at = None
+        self.probe_at = None
         self.io.tcp_closed(self)
         if self.parent is not None:
             self.parent._child_gone(self)
