@@ -365,8 +365,7 @@ class Tcb:
     def _lost_thresh(self, flight: int) -> int:
         """SACKed bytes above a hole that make it lost: more than 2 MSS (RFC 6675), fewer
         for early retransmit (RFC 5827)."""
-        n = self._dupthresh(flight)
-        return (n - 1) * self.mss + 1 if n == DUPACK_THRESHOLD else max(1, (n - 1) * self.mss)
+        return (self._dupthresh(flight) - 1) * self.mss + 1
 
     def _take_sacks(self, sacks, flight: int) -> None:
         if self.sb.add(sacks, flight) and self.rtt_seq is not None:
