@@ -272,3 +272,26 @@ def test_lossy_timed_path_recovers_with_sack():
     assert c.tcb.fast_retransmits > 0 and c.tcb.sack
     acks = tcp_frames(p.devb.sent)
     assert any(dpkt.tcp.TCP_OPT_SACK in dict(dpkt.tcp.parse_opts(a.opts)) for a in acks)
+
+
+def test_both_ways_and_close_through_faults_with_sack():
+    ms = tcp.MS
+    p = Pair(seed=7, cut_gso=True, delay_ns=2 * ms, rate_bps=10**8, loss=0.1, dup=0.05, reorder=0.1)
+    _srv, c, s = connect(p)
+    up, down = random.Random(8).randbytes(150_000), random.Random(9).randbytes(150_000)
+    got = {c: bytearray(), s: bytearray()}
+    left = {c: up, s: down}
+
+    def done():
+        for sock in (c, s):
+            if left[sock]:
+                left[sock] = left[sock][sock.send(left[sock][:65536]) :]
+            while r := sock.recv(1 << 20):
+                got[sock].extend(r)
+        return len(got[s]) == len(up) and len(got[c]) == len(down)
+
+    p.run_until(done, 200_000)
+    assert got[s] == up and got[c] == down
+    c.close()
+    s.close()
+    p.run_until(lambda: not p.a.tcbs and not p.b.tcbs, 200_000)

@@ -43,6 +43,7 @@ ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2 = "ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2"
 CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT = "CLOSE_WAIT", "CLOSING", "LAST_ACK", "TIME_WAIT"
 SYNCED_RECV = (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2)  # states that accept data
 CAN_SEND = (ESTABLISHED, CLOSE_WAIT)
+PROBE_STATES = (ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, LAST_ACK)
 
 DELACK_NS = 40 * MS
 TIME_WAIT_NS = 1000 * MS
@@ -518,7 +519,8 @@ class Tcb:
             return
         sent = False
         if st != TIME_WAIT:
-            if self.sack and (self.sb or self.cc.recover is not None):
+            sb = self.sb
+            if self.sack and (sb.blocks or sb.log or self.cc.recover is not None):
                 n = self.io_sent
                 self._sack_output()
                 sent = self.io_sent != n
@@ -640,19 +642,9 @@ class Tcb:
     def _arm_probe(self) -> None:
         """PTO (RFC 8985 7.2): two SRTTs after the last send or ACK, plus the peer's
         delayed ACK when a single segment is out; never later than the RTO."""
-        srtt = self.rtt.srtt
         flight = seq_diff(self.snd_max, self.snd_una)
-        if (
-            self.probing
-            or srtt is None
-            or flight <= 0
-            or self.state
-            not in CAN_SEND
-            + (
-                FIN_WAIT_1,
-                LAST_ACK,
-            )
-        ):
+        srtt = self.rtt.srtt
+        if flight <= 0 or self.probing or srtt is None or self.state not in PROBE_STATES:
             self.probe_at = None
             return
         pto = max(2 * srtt, 2 * MS) + (DELACK_NS if flight <= self.mss else 0)
