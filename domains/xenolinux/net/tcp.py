@@ -294,9 +294,10 @@ class Tcb:
         elif self.sack:
             # any ACK's SACK blocks count (RFC 6675), even one with a new window
             flight = seq_diff(self.snd_max, self.snd_una)
-            if seg.sacks and ack == self.snd_una:
-                self._take_sacks(seg.sacks, flight)
-            if self._is_dupack(seg, wnd):
+            # RFC 6675's DupAck carries new SACK information: a duplicated ACK, or the
+            # ACK for a duplicated segment, is no sign of loss
+            new = bool(seg.sacks) and self._take_sacks(seg.sacks, flight)
+            if new and self._is_dupack(seg, wnd):
                 self.cc.dupacks += 1
             if self.sb.blocks or self.cc.dupacks:
                 self._sack_detect(flight)
@@ -368,12 +369,16 @@ class Tcb:
         for early retransmit (RFC 5827)."""
         return (self._dupthresh(flight) - 1) * self.mss + 1
 
-    def _take_sacks(self, sacks, flight: int) -> None:
-        if self.sb.add(sacks, flight) and self.rtt_seq is not None:
+    def _take_sacks(self, sacks, flight: int) -> bool:
+        """Update the scoreboard; True when the blocks told something new."""
+        if not self.sb.add(sacks, flight):
+            return False
+        if self.rtt_seq is not None:
             off = seq_diff(self.rtt_seq, self.snd_una)
             if self.sb.is_sacked(off - 1, off):  # the timed segment arrived: an RTT sample
                 self.rtt.sample(self.io.now() - self.rtt_ts)
                 self.rtt_seq = None
+        return True
 
     def _sack_detect(self, flight: int) -> None:
         """Enter SACK recovery (RFC 6675 5) on a lost hole or the third duplicate ACK."""
