@@ -89,6 +89,14 @@ def test_scoreboard_merges_trims_and_finds_lost_holes():
     assert sb.lost(9000, 1 << 30) == [(3000, 4000), (7000, 9000)]  # all un-SACKed
 
 
+def test_scoreboard_bounds_a_peer_sacking_crumbs():
+    sb = Scoreboard()
+    sb.reset(0)
+    for i in range(1000):
+        sb.add([(2 * i + 1, 2 * i + 2)], 1 << 20)
+    assert len(sb.blocks) == 256 and sb.sacked == 256
+
+
 def test_scoreboard_pipe_next_hole_and_lost_retransmissions():
     sb = Scoreboard()
     sb.reset(0)

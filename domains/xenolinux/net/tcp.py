@@ -6,18 +6,25 @@ Rules:
    marks itself dirty (`io.tcp_dirty`) and the stack calls `output()` once per flush, so a
    batch of received frames gets one ACK and data written by the application leaves in big
    segments. Exceptions: RSTs, and a duplicate ACK per out-of-order segment.
-2. Sender: sends what min(peer window, cwnd) allows, in segments of up to `seg_max` bytes
-   (one MSS, or up to 64 KiB when the interface does TSO: the NIC or backend cuts them).
-   Retransmission timer and congestion window: tcpcc.py (RFC 6298 with Karn's rule and
-   backoff; fast retransmit on the third duplicate ACK, NewReno partial ACKs). On timeout
-   go back to SND.UNA with cwnd = 1 MSS. A zero window is probed every RTO with an
-   old-sequence ACK (as Linux's tcp_xmit_probe_skb).
+2. Sender: sends what min(peer window, cwnd - pipe) allows, in segments of up to `seg_max`
+   bytes (one MSS, or up to 64 KiB when the interface does TSO: the NIC or backend cuts
+   them); retransmissions are one MSS at most. Retransmission timer and congestion window:
+   tcpcc.py (RFC 6298 with Karn's rule and backoff). Loss recovery with SACK (RFC 2018,
+   negotiated on the SYN): the scoreboard of tcpsack.py, RFC 6675 recovery (every lost
+   hole resent while pipe < cwnd), lost retransmissions resent after an SRTT and a quarter
+   (RACK's idea), RFC 5827 early retransmit, a tail loss probe (RFC 8985 7) two SRTTs
+   after the last ACK; on timeout the un-SACKed bytes are resent in slow start (Linux's
+   loss state). Without SACK: NewReno (fast retransmit on the third duplicate ACK,
+   partial ACKs), RFC 3042 limited transmit, early retransmit, go-back-N on timeout.
+   A zero window is probed every RTO with an old-sequence ACK (tcp_xmit_probe_skb).
 3. Receiver: window = free receive buffer (scaled, RFC 7323, when both sides offer it);
    out-of-order segments are kept and delivered in order; ACK at once for out-of-order,
-   gap-filling, PSH or FIN segments and every 2 MSS, otherwise after DELACK_NS.
+   gap-filling, PSH or FIN segments and every 2 MSS, otherwise after DELACK_NS. With SACK,
+   data-less segments carry up to 4 blocks (the latest first); data segments carry none
+   (a full one has no room for them).
 4. Model choices: TIME_WAIT lasts TIME_WAIT_NS (1 s, not 2 MSL) so tests and restarts are
-   quick; an orphaned FIN_WAIT_2 gives up after FIN_WAIT2_NS; no urgent data, no SACK, no
-   timestamps; closing with unread data resets the connection (as Linux does).
+   quick; an orphaned FIN_WAIT_2 gives up after FIN_WAIT2_NS; no urgent data, no D-SACK,
+   no timestamps, no PRR (RFC 6937); closing with unread data resets the connection (as Linux does).
 """
 
 import errno

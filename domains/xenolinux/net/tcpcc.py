@@ -2,8 +2,9 @@
 control (RFC 5681 slow start / congestion avoidance, RFC 6582 NewReno recovery).
 
 Model choices: RTO_MIN is Linux's 200 ms, not RFC 6298's 1 s; the clock granularity G is
-1 ms; fast recovery does not inflate the window per duplicate ACK (a simplification: the
-receiver keeps out-of-order data, so the partial-ACK retransmits fill holes quickly).
+1 ms; NewReno fast recovery does not inflate the window per duplicate ACK (a
+simplification: the receiver keeps out-of-order data, so the partial-ACK retransmits fill
+holes quickly). With SACK, tcp.py counts the pipe instead (RFC 6675).
 """
 
 from domains.xenolinux.net.tcpbuf import seq_lt

@@ -12,6 +12,8 @@ from collections import deque
 
 from domains.xenolinux.net.tcpbuf import MOD, seq_diff
 
+MAX_BLOCKS = 256  # Linux keeps per-skb state; this model keeps ranges, so it bounds them
+
 
 class Scoreboard:
     def __init__(self) -> None:
@@ -67,8 +69,8 @@ class Scoreboard:
         return new
 
     def _insert(self, a: int, b: int) -> bool:
-        if any(x <= a and b <= y for x, y in self.blocks):
-            return False
+        if any(x <= a and b <= y for x, y in self.blocks) or len(self.blocks) >= MAX_BLOCKS:
+            return False  # nothing new, or a peer SACKing crumbs to make every ACK costly
         out: list[tuple[int, int]] = []
         for x, y in sorted(self.blocks + [(a, b)]):
             if out and x <= out[-1][1]:
