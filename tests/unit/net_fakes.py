@@ -4,8 +4,12 @@ FakeNetDevice follows the NetDevice contract (domains/xenolinux/netdev.py); the 
 frames between two of them with an injected clock, and can drop, duplicate and reorder
 frames with a seeded rng. Tests drive everything with `Pair.run_until(cond)`: deliver
 frames, else jump the clock to the next timer; no sleeping, no threads.
+With `delay_ns` (one-way latency) and `rate_bps` (serialisation) the link is a timed path:
+frames arrive in order of their arrival time, a reordered frame is held back by up to
+`reorder_ns` more, and the clock jumps to the next arrival or timer.
 """
 
+import heapq
 import random
 
 from domains.kernel import gso
@@ -36,10 +40,24 @@ class Link:
     """A wire between two devices; `loss`, `dup` and `reorder` are per-frame probabilities."""
 
     def __init__(
-        self, rng: random.Random | None = None, loss=0.0, dup=0.0, reorder=0.0, cut_gso=False
+        self,
+        rng: random.Random | None = None,
+        loss=0.0,
+        dup=0.0,
+        reorder=0.0,
+        cut_gso=False,
+        delay_ns=0,
+        rate_bps=0,
+        reorder_ns=2_000_000,
+        clock=None,
     ) -> None:
         self.rng = rng or random.Random(1)
         self.loss, self.dup, self.reorder, self.cut_gso = loss, dup, reorder, cut_gso
+        self.delay_ns, self.rate_bps, self.reorder_ns = delay_ns, rate_bps, reorder_ns
+        self.clock = clock
+        self.timed_n = 0
+        self.timed: list[tuple[int, int, FakeNetDevice, bytes, int]] = []  # heap by arrival
+        self.busy_until: dict[int, int] = {}  # per direction: when the wire is free
         self.ends: list[FakeNetDevice] = []
         self.queue: list[tuple[FakeNetDevice, bytes, int]] = []
         self.down = False
@@ -61,11 +79,32 @@ class Link:
             return
         n = 2 if self.rng.random() < self.dup else 1
         self.duplicated += n - 1
+        if self.clock is not None:
+            return self._timed(dst, frame, gso_size, n)
         for _ in range(n):
             if self.queue and self.rng.random() < self.reorder:
                 self.queue.insert(self.rng.randrange(len(self.queue)), (dst, frame, gso_size))
             else:
                 self.queue.append((dst, frame, gso_size))
+
+    def _timed(self, dst, frame, gso_size, n) -> None:
+        now = self.clock()
+        start = max(now, self.busy_until.get(id(dst), 0))
+        done = start + (len(frame) * 8 * 1_000_000_000 // self.rate_bps if self.rate_bps else 0)
+        self.busy_until[id(dst)] = done
+        for _ in range(n):
+            at = done + self.delay_ns
+            if self.rng.random() < self.reorder:
+                at += self.rng.randrange(1, self.reorder_ns)
+            self.timed_n += 1
+            heapq.heappush(self.timed, (at, self.timed_n, dst, frame, gso_size))
+
+    def due(self, now: int) -> list[tuple["FakeNetDevice", bytes, int]]:
+        out = []
+        while self.timed and self.timed[0][0] <= now:
+            _at, _n, dst, frame, gso_size = heapq.heappop(self.timed)
+            out.append((dst, frame, gso_size))
+        return out
 
 
 class Pair:
@@ -73,7 +112,8 @@ class Pair:
 
     def __init__(self, seed: int = 1, gso_ok: bool = True, **link_kw) -> None:
         self.clock = Clock()
-        self.link = Link(random.Random(seed), **link_kw)
+        timed = link_kw.get("delay_ns") or link_kw.get("rate_bps")
+        self.link = Link(random.Random(seed), clock=self.clock if timed else None, **link_kw)
         self.a = NetStack(self.clock, random.Random(seed + 1))
         self.b = NetStack(self.clock, random.Random(seed + 2))
         self.deva = FakeNetDevice("eth0", b"\x00\x16\x3e\x00\x00\x0b", self.link, gso_ok)
@@ -94,13 +134,18 @@ class Pair:
         self.flush()
         if busy:
             return True
-        if self.link.queue:
+        if self.link.clock is not None:
+            batch = self.link.due(self.clock.t)
+        else:
             batch, self.link.queue = self.link.queue, []
+        if batch:
             for dev, frame, gso_size in batch:
                 dev.receiver(frame, gso_size)
             self.flush()
             return True
         ds = [d for d in (self.a.next_deadline_ns(), self.b.next_deadline_ns()) if d is not None]
+        if self.link.timed:
+            ds.append(self.link.timed[0][0])
         if not ds:
             return False
         self.clock.t = max(self.clock.t, min(ds))

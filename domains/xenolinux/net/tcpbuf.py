@@ -52,6 +52,7 @@ class RecvBuffer:
         self.data = bytearray()
         self.ooo: dict[int, bytes] = {}  # seq -> bytes beyond RCV.NXT
         self.ooo_bytes = 0
+        self.last_ooo = 0  # seq of the latest out-of-order segment (SACK's first block)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -69,6 +70,7 @@ class RecvBuffer:
         """Take a segment already trimmed to the window (seq >= rcv_nxt); returns the new
         RCV.NXT after appending whatever became contiguous."""
         if seq != rcv_nxt:
+            self.last_ooo = seq
             old = self.ooo.get(seq)
             if old is None or len(old) < len(data):
                 self.ooo_bytes += len(data) - (len(old) if old else 0)
@@ -95,3 +97,18 @@ class RecvBuffer:
                 rcv_nxt = (rcv_nxt + len(data) - skip) % MOD
                 progressed = True
         return rcv_nxt, progressed
+
+    def sack_blocks(self, rcv_nxt: int, limit: int) -> list[tuple[int, int]]:
+        """RFC 2018 blocks for the out-of-order queue: merged ranges, the one holding the
+        latest segment first, then the others from the highest down (the most recent)."""
+        spans = sorted((seq_diff(s, rcv_nxt), len(d)) for s, d in self.ooo.items())
+        merged: list[list[int]] = []
+        for off, n in spans:
+            if merged and off <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], off + n)
+            else:
+                merged.append([off, off + n])
+        last = seq_diff(self.last_ooo, rcv_nxt)
+        first = [b for b in merged if b[0] <= last < b[1]]
+        rest = [b for b in reversed(merged) if not b[0] <= last < b[1]]
+        return [((rcv_nxt + a) % MOD, (rcv_nxt + b) % MOD) for a, b in (first + rest)[:limit]]

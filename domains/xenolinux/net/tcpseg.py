@@ -1,4 +1,5 @@
-"""TCP header codec (RFC 793) with the MSS and window-scale options (RFC 7323)."""
+"""TCP header codec (RFC 793) with the MSS and window-scale options (RFC 7323) and SACK
+(RFC 2018: SACK-permitted on the SYN, up to 4 blocks in an ACK without timestamps)."""
 
 import struct
 from typing import NamedTuple
@@ -8,8 +9,11 @@ from domains.xenolinux.net.ipv4 import IPPROTO_TCP
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 _HDR = struct.Struct("!HHIIBBHHH")  # 20 bytes
+_SACK_BLOCK = struct.Struct("!II")
 TCP_HLEN = 20
 TCPOPT_EOL, TCPOPT_NOP, TCPOPT_MSS, TCPOPT_WSCALE = 0, 1, 2, 3
+TCPOPT_SACK_PERM, TCPOPT_SACK = 4, 5
+MAX_SACK_BLOCKS = 4  # 2 + 8 * 4 = 34 of the 40 option bytes
 
 
 class Segment(NamedTuple):
@@ -22,13 +26,27 @@ class Segment(NamedTuple):
     mss: int  # 0: no MSS option
     wscale: int  # -1: no window-scale option
     data: bytes
+    sack_ok: bool = False  # SACK-permitted option (SYN)
+    sacks: tuple[tuple[int, int], ...] = ()  # SACK blocks (left, right) as sent
 
 
-def syn_options(mss: int, wscale: int | None) -> bytes:
+def syn_options(mss: int, wscale: int | None, sack_ok: bool = False) -> bytes:
+    """Linux's layout: MSS, then NOP NOP SACK-permitted, then NOP window-scale."""
     opts = bytes((TCPOPT_MSS, 4)) + mss.to_bytes(2, "big")
+    if sack_ok:
+        opts += bytes((TCPOPT_NOP, TCPOPT_NOP, TCPOPT_SACK_PERM, 2))
     if wscale is not None:
         opts += bytes((TCPOPT_NOP, TCPOPT_WSCALE, 3, wscale))
     return opts
+
+
+def sack_option(blocks) -> bytes:
+    """NOP NOP SACK with the (left, right) blocks: 4 + 8n bytes, 32-bit aligned."""
+    n = min(len(blocks), MAX_SACK_BLOCKS)
+    out = bytearray((TCPOPT_NOP, TCPOPT_NOP, TCPOPT_SACK, 2 + 8 * n))
+    for left, right in blocks[:n]:
+        out += _SACK_BLOCK.pack(left, right)
+    return bytes(out)
 
 
 def build(
@@ -64,12 +82,15 @@ def parse(src: bytes, dst: bytes, seg: bytes) -> Segment | None:
         return None
     if checksum(pseudo_header(src, dst, IPPROTO_TCP, len(seg)), seg) != 0:
         return None
-    mss, wscale = _options(seg[TCP_HLEN:hlen]) if hlen > TCP_HLEN else (0, -1)
-    return Segment(sport, dport, seq, ack, flags, wnd, mss, wscale, seg[hlen:])
+    if hlen == TCP_HLEN:
+        return Segment(sport, dport, seq, ack, flags, wnd, 0, -1, seg[hlen:])
+    mss, wscale, sack_ok, sacks = _options(seg[TCP_HLEN:hlen])
+    return Segment(sport, dport, seq, ack, flags, wnd, mss, wscale, seg[hlen:], sack_ok, sacks)
 
 
-def _options(opts: bytes) -> tuple[int, int]:
+def _options(opts: bytes) -> tuple[int, int, bool, tuple]:
     mss, wscale, i = 0, -1, 0
+    sack_ok, sacks = False, ()
     while i < len(opts):
         kind = opts[i]
         if kind == TCPOPT_EOL:
@@ -84,5 +105,9 @@ def _options(opts: bytes) -> tuple[int, int]:
             mss = int.from_bytes(opts[i + 2 : i + 4], "big")
         elif kind == TCPOPT_WSCALE and length == 3 and i + 3 <= len(opts):
             wscale = min(opts[i + 2], 14)
+        elif kind == TCPOPT_SACK_PERM and length == 2:
+            sack_ok = True
+        elif kind == TCPOPT_SACK and length % 8 == 2 and i + length <= len(opts):
+            sacks = tuple(_SACK_BLOCK.iter_unpack(opts[i + 2 : i + length]))
         i += length
-    return mss, wscale
+    return mss, wscale, sack_ok, sacks
