@@ -18,10 +18,16 @@ upstream; blkback's persistent grants in domains/dom0/blkback/persistent.py):
 4. A gref that fails to map (revoked, never granted, read-only for rx) gives
    its GNTST code: that packet gets an error response, the vif goes on, and
    the next use tries to map again.
-5. Every mapping is unmapped at disconnect (``clear``).
+5. Warm-up in one batch: when a lookup misses, the grefs of ``ahead`` (the
+   rx buffers posted but not yet used) are mapped in the same
+   GNTTABOP_map_grant_ref, so the rx pool is mapped once, not a slot per
+   packet. They are hints: one that fails to map is simply not cached.
+6. Every mapping is unmapped at disconnect (``clear``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from domains.dom0.blkback.persistent import PersistentGrants
 
@@ -38,8 +44,9 @@ class PersistentMaps:
     def __len__(self) -> int:
         return sum(len(t) for t in self.trees.values())
 
-    def lookup(self, grefs, writable: bool) -> dict:
-        """gref -> mapping (or a GNTST code) for each gref, mapping the missing ones."""
+    def lookup(self, grefs, writable: bool, ahead: Callable[[], list[int]] | None = None) -> dict:
+        """gref -> mapping (or a GNTST code) for each gref, mapping the missing
+        ones (with the grefs ``ahead()`` gives, asked only on a miss: rule 5)."""
         tree = self.trees[writable]
         out, missing = {}, []
         for gref in grefs:
@@ -53,10 +60,23 @@ class PersistentMaps:
                 tree.put(gref)  # held only for this turn, which rule 3 covers
                 out[gref] = m
         if missing:
+            wanted = len(missing)
+            room = tree.limit - len(tree) - wanted
+            for gref in ahead() if ahead is not None else ():
+                if room <= 0:
+                    break
+                if gref not in out and gref not in tree:
+                    out[gref] = None
+                    missing.append(gref)
+                    room -= 1
             self.maps += len(missing)
             ops = [(self.fe, gref, not writable) for gref in missing]
-            for gref, res in zip(missing, self.gnttab.map_grants(ops), strict=True):
-                out[gref] = res
+            for k, (gref, res) in enumerate(zip(missing, self.gnttab.map_grants(ops),
+                                                strict=True)):
+                if k < wanted:
+                    out[gref] = res
+                else:
+                    del out[gref]  # a hint: only cached
                 if isinstance(res, int):
                     continue
                 if tree.add(gref, res):

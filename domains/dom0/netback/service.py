@@ -177,7 +177,8 @@ class NetbackService:
         """Rule 3, persistent: write each frame through the vif's mappings."""
         out: dict[RxPacket, bool] = {}
         for vif, pkts in _by_vif(batch).items():
-            maps = vif.pmaps.lookup([pc[1] for p in pkts for pc in p.pieces], writable=True)
+            maps = vif.pmaps.lookup([pc[1] for p in pkts for pc in p.pieces], writable=True,
+                                    ahead=vif.core.posted_rx_grefs)
             for pkt in pkts:
                 frame = memoryview(pkt.frame)
                 ok = out[pkt] = not any(isinstance(maps[pc[1]], int) for pc in pkt.pieces)
