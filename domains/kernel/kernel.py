@@ -8,7 +8,8 @@ Rules:
    (only if the earliest deadline changed) and blocks in Xen
    (SCHEDOP_block); the reply to the block is the wake-up. set_timer_op is
    posted: it rides in the same multicall as the block (Xen runs them in
-   order), so going idle costs one trap, not two round trips.
+   order), so going idle costs one trap, not two round trips. Calls posted
+   during a busy turn (EVTCHNOP_send) go as one multicall at its end.
 3. Timers are guest-side; Xen only provides the one-shot VIRQ_TIMER.
 4. Fairness: every turn serves every source that is ready -- queued
    callbacks, upcalls, expired timers, and each extra reader (polled without
@@ -36,8 +37,6 @@ from hypervisor.public import trace
 from hypervisor.public.event_channel import SHARED_INFO_SIZE
 from hypervisor.public.start_info import FIRST_FREE_PFN, START_INFO_PFN, StartInfo
 from hypervisor.public.xen import PAGE_SIZE, ConsoleIO, Hypercall, SchedOp, Virq, XenVersionCmd
-
-POST_DELAY_NS = 200_000
 
 
 class Timer:
@@ -152,9 +151,10 @@ class Kernel:
         if busy and self.readers:
             self._serve_readers(0)  # rule 4 (idle, _idle polls them anyway)
         if busy:
-            # Busy: posted calls wait for the next trap or for idle, but no
-            # longer than POST_DELAY_NS (batching must not starve a peer).
-            if self.xen.posted and time.monotonic_ns() - self.xen.posted_ns > POST_DELAY_NS:
+            # Busy: what this turn posted (its notifications) goes now, as one
+            # multicall: a turn is the batch, and a peer never waits for our
+            # next turn to learn of this one's work.
+            if self.xen.posted:
                 self.xen.flush()
             return
         self._idle()
