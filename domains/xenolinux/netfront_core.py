@@ -92,6 +92,7 @@ class NetfrontStatistics:
     pushes: int
     notifications: int
     persistent_grants: int = 0  # grants kept for the connection (rule 7)
+    grants_deferred: int = 0  # ended while the backend still had them in use (rule 6)
 
 
 class Granter(Protocol):
@@ -371,4 +372,5 @@ class NetfrontCore:
             tx_queued=len(self._tx_queue),
             rx_posted=self.rx.outstanding_requests() if self.rx is not None else 0,
             pushes=n["pushes"], notifications=n["notifications"],
-            persistent_grants=(len(self._tx_pool) + len(self._rx_grefs)) if self.persistent else 0)
+            persistent_grants=(len(self._tx_pool) + len(self._rx_grefs)) if self.persistent else 0,
+            grants_deferred=len(self._deferred))
