@@ -18,10 +18,12 @@ upstream; blkback's persistent grants in domains/dom0/blkback/persistent.py):
 4. A gref that fails to map (revoked, never granted, read-only for rx) gives
    its GNTST code: that packet gets an error response, the vif goes on, and
    the next use tries to map again.
-5. Warm-up in one batch: when a lookup misses, the grefs of ``ahead`` (the
-   rx buffers posted but not yet used) are mapped in the same
+5. Warm-up in one batch: at the first miss of each tree, the grefs of
+   ``ahead`` (the rx buffers posted but not yet used) are mapped in the same
    GNTTABOP_map_grant_ref, so the rx pool is mapped once, not a slot per
    packet. They are hints: one that fails to map is simply not cached.
+   Only once per connection, so a frontend posting junk grefs cannot make
+   every turn a ring's worth of failing map ops.
 6. Every mapping is unmapped at disconnect (``clear``).
 """
 
@@ -39,6 +41,7 @@ class PersistentMaps:
         self.gnttab, self.fe = gnttab, fe
         self.trees = {False: PersistentGrants(limit), True: PersistentGrants(limit)}
         self.spare: list = []  # mappings to unmap at the end of the turn (rule 3)
+        self.warmed = {False: False, True: False}  # rule 5 done, per tree
         self.maps = 0  # GNTTABOP_map_grant_ref ops made (warm-up only, when all goes well)
 
     def __len__(self) -> int:
@@ -62,7 +65,9 @@ class PersistentMaps:
         if missing:
             wanted = len(missing)
             room = tree.limit - len(tree) - wanted
-            for gref in ahead() if ahead is not None else ():
+            hints = ahead() if ahead is not None and not self.warmed[writable] else ()
+            self.warmed[writable] = True
+            for gref in hints:
                 if room <= 0:
                     break
                 if gref not in out and gref not in tree:
