@@ -54,6 +54,7 @@ DOM0_RESTART_BURST = 2  # restarts allowed ...
 DOM0_RESTART_WINDOW_S = 30.0  # ... within this window; the next death crashes the host
 _SNDMORE = int(zmq.SNDMORE)
 _EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
+POSTED_ERRORS_LOGGED = 5  # per domain, then one line per thousand
 
 
 def _is_call(c) -> bool:
@@ -437,6 +438,12 @@ class Hypervisor(DevicesMixin):
         return self._run(dom, req.hypercall, req.cmd, req.args, req.seq)
 
     def _run(self, dom: Domain, hc: int, cmd: int, args, seq: int = envelope.POSTED):
+        result = self._call(dom, hc, cmd, args, seq)
+        if seq == envelope.POSTED and result is not None and result[0] < 0:
+            self._posted_failed(dom, hc, cmd, result[0])
+        return result
+
+    def _call(self, dom: Domain, hc: int, cmd: int, args, seq: int):
         handler = hypercalls.TABLE.get((hc, cmd))
         if handler is None or hc == Hypercall.multicall:
             return (-Errno.ENOSYS, None)
@@ -447,6 +454,15 @@ class Hypervisor(DevicesMixin):
         except Exception:  # a bug must not take the host down: log it
             self.console.write("hypercall handler failed:\n" + traceback.format_exc())
             return (-Errno.EINVAL, None)
+
+    def _posted_failed(self, dom: Domain, hc: int, cmd: int, rc: int) -> None:
+        """A posted call has no reply to carry its error (envelope rule 3): Xen
+        logs it instead, the first few per domain, then every thousandth."""
+        dom.posted_errors += 1
+        n = dom.posted_errors
+        if n <= POSTED_ERRORS_LOGGED or n % 1000 == 0:
+            self.console.write(f"d{dom.domid}: posted hypercall {hc}/{cmd} failed: rc {rc}"
+                               f" ({n} so far)")
 
     def on_router(self) -> None:
         """Take every queued hypercall. Frames are read one by one with int

@@ -74,6 +74,7 @@ class Domain:
     kick_deferred: bool = False
     timer_ns: int = 0
     fds_given: set[int] = field(default_factory=set)  # granters' memfds sent
+    posted_errors: int = 0  # posted hypercalls that failed (nobody reads their rc)
 
     @property
     def nr_pages(self) -> int:

@@ -6,8 +6,14 @@ Rules:
    toolstack socket).
 2. When nothing is runnable the kernel arms its timer with set_timer_op
    (only if the earliest deadline changed) and blocks in Xen
-   (SCHEDOP_block); the reply to the block is the wake-up.
+   (SCHEDOP_block); the reply to the block is the wake-up. set_timer_op is
+   posted: it rides in the same multicall as the block (Xen runs them in
+   order), so going idle costs one trap, not two round trips. Calls posted
+   during a busy turn (EVTCHNOP_send) go as one multicall at its end.
 3. Timers are guest-side; Xen only provides the one-shot VIRQ_TIMER.
+4. Fairness: every turn serves every source that is ready -- queued
+   callbacks, upcalls, expired timers, and each extra reader (polled without
+   waiting while busy) -- so a busy data path cannot starve the toolstack.
 """
 
 import heapq
@@ -26,12 +32,11 @@ from domains.kernel.evtchn import EventChannelDriver
 from domains.kernel.gnttab import GrantTableDriver
 from domains.kernel.hypercall import HypercallClient
 from domains.kernel.mm import FrameAllocator
+from domains.kernel.profiling import Profiler
 from hypervisor.public import trace
 from hypervisor.public.event_channel import SHARED_INFO_SIZE
 from hypervisor.public.start_info import FIRST_FREE_PFN, START_INFO_PFN, StartInfo
 from hypervisor.public.xen import PAGE_SIZE, ConsoleIO, Hypercall, SchedOp, Virq, XenVersionCmd
-
-POST_DELAY_NS = 200_000
 
 
 class Timer:
@@ -128,8 +133,12 @@ class Kernel:
 
     def run(self) -> None:
         self.running = True
+        prof = Profiler(self.name)
+        prof.start()
         while self.running:
             self.run_once()
+            if prof.prof is not None:
+                prof.tick()
 
     def run_once(self) -> None:
         self._run_ready()
@@ -138,10 +147,14 @@ class Kernel:
             self.xen.upcall = False
             self.evtchn.dispatch()
         self._run_timers()
-        if self.ready or self.xen.upcall or not self.running:
-            # Busy: posted calls wait for the next trap or for idle, but no
-            # longer than POST_DELAY_NS (batching must not starve a peer).
-            if self.xen.posted and time.monotonic_ns() - self.xen.posted_ns > POST_DELAY_NS:
+        busy = self.ready or self.xen.upcall or not self.running
+        if busy and self.readers:
+            self._serve_readers(0)  # rule 4 (idle, _idle polls them anyway)
+        if busy:
+            # Busy: what this turn posted (its notifications) goes now, as one
+            # multicall: a turn is the batch, and a peer never waits for our
+            # next turn to learn of this one's work.
+            if self.xen.posted:
                 self.xen.flush()
             return
         self._idle()
@@ -165,7 +178,9 @@ class Kernel:
         """Nothing runnable: arm the timer if needed, then SCHEDOP_block."""
         deadline = self.timers[0][0] if self.timers else 0
         if deadline != self.armed_ns:
-            self.xen.call(Hypercall.set_timer_op, 0, {"deadline_ns": deadline})
+            # Posted (rule 2): nothing here reads its result; a bad deadline
+            # is Xen's to log, as for any posted call.
+            self.xen.post(Hypercall.set_timer_op, 0, {"deadline_ns": deadline})
             self.armed_ns = deadline
         if self.xen.upcall:
             self.xen.flush()
@@ -180,15 +195,22 @@ class Kernel:
             if trace.on:
                 trace.end(trace.KERNEL_WAKE)
             return
-        for sock, _ in self.poller.poll():
-            if sock is self.xen.sock:
-                self.xen.drain()
-            else:
-                self.readers[sock]()
+        self._serve_readers(None)
         if trace.on:
             trace.end(trace.KERNEL_WAKE)
         if self.armed_ns and self.armed_ns <= time.monotonic_ns():
             self.armed_ns = 0  # the one-shot timer has fired
+
+    def _serve_readers(self, timeout_ms: int | None) -> None:
+        """Serve every ready extra reader (and take Xen's messages); timeout
+        None sleeps until one of them or Xen is ready."""
+        for sock, _ in self.poller.poll(timeout_ms):
+            if sock is self.xen.sock:
+                self.xen.drain()
+            else:
+                fn = self.readers.get(sock)
+                if fn is not None:  # a reader may remove another
+                    fn()
 
     def shutdown(self, reason: int) -> None:
         """SCHEDOP_shutdown: the vCPU never runs again."""

@@ -406,6 +406,13 @@ class BackRing(_Ring):
             self.req_cons = rc
         return out
 
+    def peek_requests(self) -> list[bytes]:
+        """Copies of the unconsumed requests, not consumed. Hints only (netback
+        maps the grefs of posted rx buffers ahead): what is acted on is the copy
+        ``take_requests`` makes later, validated then."""
+        rc, n = self.req_cons, self.unconsumed_requests()
+        return [self._copy_slot((rc + k) & M) for k in range(n)]
+
     def put_response(self, data: bytes) -> None:
         """Copy a response into slot ``rsp_prod_pvt``; unpublished until pushed."""
         if self.rsp_prod_pvt == self.req_cons:

@@ -5,8 +5,10 @@ Rules:
    mac); we follow domains.kernel.xenbus_state: on backend InitWait set up
    both rings (one page each, granted to the backend) and one unbound port,
    write tx-ring-ref, rx-ring-ref, event-channel, request-rx-copy=1,
-   feature-rx-notify, feature-sg and feature-gso-tcpv4 in one transaction
-   -> Initialised; on backend Connected read its features -> Connected.
+   feature-rx-notify, feature-sg, feature-gso-tcpv4 and feature-persistent
+   in one transaction -> Initialised; on backend Connected read its
+   features (persistent grants are used when the backend offers them too)
+   -> Connected.
 2. NetfrontCore owns slots, grants and buffers; this adapter moves pages
    and events and is the NetDevice the guest's stack sees (``eth<devid>``).
 3. ``transmit`` pushes its batch and notifies at most once; received frames
@@ -115,7 +117,8 @@ class Netfront:
         self.k.evtchn.on(self.port, lambda _p: self._on_event())
         keys = (("tx-ring-ref", tx.gref), ("rx-ring-ref", rx.gref),
                 ("event-channel", self.port), ("request-rx-copy", 1),
-                ("feature-rx-notify", 1), ("feature-sg", 1), ("feature-gso-tcpv4", 1))
+                ("feature-rx-notify", 1), ("feature-sg", 1), ("feature-gso-tcpv4", 1),
+                ("feature-persistent", 1))
         while True:  # talk_to_netback: again while the commit says EAGAIN
             try:
                 t = self.xs.transaction_start()
@@ -141,10 +144,11 @@ class Netfront:
         if self.rings is None:
             return
         gso = self.xs.try_read(f"{self.backend_path}/feature-gso-tcpv4") == "1"
-        self.core.connect(self.rings[0].ring, self.rings[1].ring, gso)
+        persistent = self.xs.try_read(f"{self.backend_path}/feature-persistent") == "1"
+        self.core.connect(self.rings[0].ring, self.rings[1].ring, gso, persistent)
         self.g.printk(f"netfront: {self.name}: {self.mac.hex(':')} connected to "
                       f"{self.xs.try_read(f'{self.backend_path}/bridge') or 'the backend'}"
-                      f"{', TSO' if gso else ''}")
+                      f"{', TSO' if gso else ''}{', persistent grants' if persistent else ''}")
         self._push()
         if not self.announced and self.on_connect is not None:
             self.announced = True

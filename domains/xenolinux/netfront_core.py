@@ -28,6 +28,13 @@ Rules (xen-interfaces.md 1.5, 1.7, 3; Linux ``drivers/net/xen-netfront.c``):
 6. Reconnect: ``suspend()`` drops what is in flight (TCP retransmits), ends
    the grants (retrying those still in use at the next connect) and forgets
    the rings; ``connect()`` starts over on new ones.
+7. Persistent grants (``feature-persistent``, when both ends offer it; the
+   2012 Linux netfront/netback persistent-grant patches, which upstream
+   never merged: upstream netfront grants per request and netback copies).
+   Each tx id owns one page, granted read-only the first time the id is
+   used; each rx slot's page is granted writable once. Those grants live
+   until ``suspend()``: frame data is copied into (tx) or out of (rx) the
+   same pages each time, and the backend maps each gref once and keeps it.
 """
 
 from __future__ import annotations
@@ -84,6 +91,8 @@ class NetfrontStatistics:
     rx_posted: int
     pushes: int
     notifications: int
+    persistent_grants: int = 0  # grants kept for the connection (rule 7)
+    grants_deferred: int = 0  # ended while the backend still had them in use (rule 6)
 
 
 class Granter(Protocol):
@@ -112,7 +121,9 @@ class NetfrontCore:
         self._tx_pages: list[Buffer] = []  # pages not in flight
         self._tx_queue: deque[tuple[bytes, int]] = deque()
         self._rx_pages: list[Buffer] = []  # one per rx slot, kept for the device's life
-        self._rx_grefs: dict[int, int] = {}  # slot -> gref while posted
+        self._rx_grefs: dict[int, int] = {}  # slot -> gref while posted (persistent: kept)
+        self._tx_pool: dict[int, tuple[int, Buffer]] = {}  # persistent: tx id -> (gref, page)
+        self.persistent = False  # both ends agreed on feature-persistent (rule 7)
         self._rx_chain: list[bytes] = []  # the data of a frame still arriving
         self._rx_gso = 0
         self._rx_bad = False
@@ -123,9 +134,10 @@ class NetfrontCore:
 
     # -- connection ------------------------------------------------------------
 
-    def connect(self, tx: FrontRing, rx: FrontRing, gso: bool) -> None:
-        """Start on fresh rings; ``gso`` is the backend's feature-gso-tcpv4."""
-        self.tx, self.rx, self.gso = tx, rx, gso
+    def connect(self, tx: FrontRing, rx: FrontRing, gso: bool, persistent: bool = False) -> None:
+        """Start on fresh rings; ``gso`` is the backend's feature-gso-tcpv4 and
+        ``persistent`` says both ends offered feature-persistent."""
+        self.tx, self.rx, self.gso, self.persistent = tx, rx, gso, persistent
         self._tx_free = list(range(tx.size - 1, -1, -1))
         self._tx_shadow = {}
         self._rx_chain, self._rx_bad, self._rx_extra_next, self._rx_more = [], False, False, False
@@ -140,10 +152,14 @@ class NetfrontCore:
     def suspend(self) -> None:
         """The backend went away: drop in-flight frames, end grants, forget the rings."""
         for gref, page in self._tx_shadow.values():
+            if not self.persistent:
+                self._end(gref)
+                self._tx_pages.append(page)
+        for gref, page in self._tx_pool.values():  # the backend unmaps at its disconnect
             self._end(gref)
             self._tx_pages.append(page)
         self._n["tx_dropped"] += len(self._tx_shadow)
-        self._tx_shadow, self._tx_free = {}, []
+        self._tx_shadow, self._tx_free, self._tx_pool = {}, [], {}
         for gref in self._rx_grefs.values():
             self._end(gref)
         self._rx_grefs = {}
@@ -187,9 +203,12 @@ class NetfrontCore:
         for k in range(slots):
             chunk = mv[k * PAGE_SIZE:(k + 1) * PAGE_SIZE]
             id_ = self._tx_free.pop()
-            page = self._tx_pages.pop() if self._tx_pages else self.alloc_page()
+            if self.persistent:
+                gref, page = self._tx_pool.get(id_) or self._pool_page(id_)
+            else:
+                page = self._tx_pages.pop() if self._tx_pages else self.alloc_page()
+                gref = self.granter.grant(page[0], True)
             page[1][:len(chunk)] = chunk
-            gref = self.granter.grant(page[0], True)
             self._tx_shadow[id_] = (gref, page)
             flags = NETTXF_more_data if k < slots - 1 else 0
             if k == 0:
@@ -202,6 +221,12 @@ class NetfrontCore:
                 tx.put_request(TX_REQUEST.pack(gref, 0, flags, id_, len(chunk)))
         self._n["tx_packets"] += 1
         self._n["tx_bytes"] += len(frame)
+
+    def _pool_page(self, id_: int) -> tuple[int, Buffer]:
+        """Rule 7: tx id ``id_``'s page, granted read-only for the connection's life."""
+        page = self._tx_pages.pop() if self._tx_pages else self.alloc_page()
+        entry = self._tx_pool[id_] = (self.granter.grant(page[0], True), page)
+        return entry
 
     def _gc_tx(self) -> None:
         """xennet_tx_buf_gc: take tx responses, end grants, free ids and pages."""
@@ -216,8 +241,9 @@ class NetfrontCore:
                 shadow = self._tx_shadow.pop(id_, None)
                 if shadow is None:
                     raise RingError("backend", "tx response id", f"id {id_} is not in flight")
-                self._end(shadow[0])
-                self._tx_pages.append(shadow[1])
+                if not self.persistent:
+                    self._end(shadow[0])
+                    self._tx_pages.append(shadow[1])
                 self._tx_free.append(id_)
                 if status != NETIF_RSP_OKAY:
                     self._n["tx_errors"] += 1
@@ -243,8 +269,9 @@ class NetfrontCore:
         mask = rx.size - 1
         while not rx.full():
             slot = rx.req_prod_pvt & mask
-            pfn = self._rx_pages[slot][0]
-            gref = self._rx_grefs[slot] = self.granter.grant(pfn, False)
+            gref = self._rx_grefs.get(slot) if self.persistent else None
+            if gref is None:
+                gref = self._rx_grefs[slot] = self.granter.grant(self._rx_pages[slot][0], False)
             rx.put_request(RX_REQUEST.pack(slot, gref))
 
     def _take_rx(self, out: list[tuple[bytes, int]]) -> None:
@@ -255,9 +282,10 @@ class NetfrontCore:
             first = rx.rsp_cons
             for k, raw in enumerate(rx.take_responses()):
                 slot = (first + k) & mask
-                gref = self._rx_grefs.pop(slot, None)
-                if gref is not None:
-                    self._end(gref)
+                if not self.persistent:
+                    gref = self._rx_grefs.pop(slot, None)
+                    if gref is not None:
+                        self._end(gref)
                 self._rx_response(raw, slot, out)
             if not rx.final_check_for_responses():
                 return
@@ -341,5 +369,8 @@ class NetfrontCore:
             state=self.state, tx_packets=n["tx_packets"], tx_bytes=n["tx_bytes"],
             tx_dropped=n["tx_dropped"], tx_errors=n["tx_errors"], rx_packets=n["rx_packets"],
             rx_bytes=n["rx_bytes"], rx_errors=n["rx_errors"], tx_in_flight=len(self._tx_shadow),
-            tx_queued=len(self._tx_queue), rx_posted=len(self._rx_grefs), pushes=n["pushes"],
-            notifications=n["notifications"])
+            tx_queued=len(self._tx_queue),
+            rx_posted=self.rx.outstanding_requests() if self.rx is not None else 0,
+            pushes=n["pushes"], notifications=n["notifications"],
+            persistent_grants=(len(self._tx_pool) + len(self._rx_grefs)) if self.persistent else 0,
+            grants_deferred=len(self._deferred))

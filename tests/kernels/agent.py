@@ -100,6 +100,10 @@ class Agent:
     def op_send(self, port, times=1):
         return [self.k.evtchn.send(port) for _ in range(times)][-1]
 
+    def op_notify(self, port):
+        """A posted EVTCHNOP_send (no return value), as a driver notifies."""
+        self.k.evtchn.notify(port)
+
     def op_events(self, port):
         return self.events.get(port, 0)
 

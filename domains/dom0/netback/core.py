@@ -293,6 +293,12 @@ class NetbackCore:
             pkt.pieces.append((id_, gref, start, min(PAGE_SIZE, len(frame) - start)))
         return pkt
 
+    def posted_rx_grefs(self) -> list[int]:
+        """The grefs of the rx buffers posted and not yet taken (hints, rule 2)."""
+        if self.error is not None:
+            return []
+        return [RX_REQUEST.unpack(r)[1] for r in self.rx.peek_requests()]
+
     def respond_rx(self, pkt: RxPacket, ok: bool) -> None:
         """Answer the rx requests ``pkt`` used, in slot order (Linux netfront needs it)."""
         put, last = self.rx.put_response, len(pkt.pieces) - 1

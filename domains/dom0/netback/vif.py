@@ -4,7 +4,9 @@ Rules:
 1. A VifBackend probes (features, InitWait) and follows the frontend through
    domains.kernel.xenbus_state. The model differs from Linux netback in one
    step: it connects when the frontend is Initialised (the shared xenbus
-   table), not Connected. It requires request-rx-copy=1.
+   table), not Connected. It requires request-rx-copy=1. It offers
+   feature-persistent and uses persistent mappings (netback/persistent.py)
+   when the frontend offered it too; they are unmapped at disconnect.
 2. A frontend that breaks the protocol is cut off alone: its port leaves
    the bridge, its rings are unmapped, an error node says why and the
    backend goes Closing (xenbus_dev_fatal).
@@ -25,6 +27,7 @@ import dpkt
 
 from domains.dom0.bridge import Bridge
 from domains.dom0.netback.core import NetbackCore, VifFeatures
+from domains.dom0.netback.persistent import PersistentMaps
 from domains.dom0.xenstored.perms import XsError
 from domains.kernel.ring import BackRing
 from domains.kernel.xenbus_state import Duty, Event, Role, Switch, next_actions
@@ -34,7 +37,8 @@ from hypervisor.public.xenbus import XenbusState as S
 ROOT = "/local/domain/0/backend/vif"
 PCAP_SNAPLEN = 262144
 FEATURES = (("feature-sg", "1"), ("feature-gso-tcpv4", "1"), ("feature-rx-copy", "1"),
-            ("feature-rx-flip", "0"), ("feature-split-event-channels", "0"))
+            ("feature-rx-flip", "0"), ("feature-split-event-channels", "0"),
+            ("feature-persistent", "1"))
 
 
 @dataclass(eq=False)
@@ -62,6 +66,7 @@ class VifBackend:
         self.bridge_name = self.xs.try_read(f"{self.path}/bridge") or "xenbr0"
         self.core: NetbackCore | None = None
         self.maps: list = []
+        self.pmaps: PersistentMaps | None = None  # feature-persistent agreed
         self.port: int | None = None
         self.bport: VifPort | None = None
         self.bridge = None
@@ -156,6 +161,8 @@ class VifBackend:
             start = ring.statistics().rsp_prod
             ring.attach(start, start)
         self.core = NetbackCore(tx, rx, features, mtu)
+        if flag("feature-persistent"):  # a ring's worth of grants per direction
+            self.pmaps = PersistentMaps(self.k.gnttab, self.fe, max(tx.size, rx.size))
         self.port = self.k.evtchn.bind_interdomain(self.fe, evtchn)
         self.k.evtchn.on(self.port, lambda _p: self.service.kick(self))
 
@@ -192,6 +199,12 @@ class VifBackend:
         if self.port is not None:
             self.k.evtchn.close(self.port)
             self.port = None
+        if self.pmaps is not None:
+            pmaps, self.pmaps = self.pmaps, None
+            bad = [st for st in pmaps.clear() if st != 0]
+            if bad:
+                print(f"netback {self.name}: {len(bad)} persistent grants would not unmap: "
+                      f"{bad[:4]}", flush=True)
         if self.maps:
             self.k.gnttab.unmap_grants(self.maps)
             self.maps = []
@@ -215,6 +228,8 @@ class VifBackend:
 
     def finish_turn(self) -> None:
         core = self.core
+        if self.pmaps is not None:
+            self.pmaps.end_turn()
         if self.pcap_file is not None:
             self.pcap_file.flush()
         if core is None:
@@ -253,6 +268,7 @@ class VifBackend:
                 "backend_state": xs.try_read(f"{self.path}/state"),
                 "frontend_state": xs.try_read(f"{self.fe_path}/state"),
                 "error": self.core.error if self.core is not None else None,
+                "persistent_grants": len(self.pmaps) if self.pmaps is not None else None,
                 **self.counters()}
 
     # ---- the rest --------------------------------------------------------
