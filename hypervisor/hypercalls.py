@@ -316,7 +316,9 @@ def gnttab_query_size(xen, dom, seq, args):
 
 @hypercall(Hypercall.grant_table_op, GnttabOp.map_grant_ref)
 def gnttab_map(xen, dom, seq, args):
-    return (0, [_map_one(xen, dom, op) for op in A.get_list(args, MAX_BATCH)])
+    out = [_map_one(xen, dom, op) for op in A.get_list(args, MAX_BATCH)]
+    trace.stamp(trace.XEN_GNTTAB_MAP, 0, dom.domid, len(out))
+    return (0, out)
 
 
 def _map_one(xen, dom, op) -> dict:

@@ -133,6 +133,12 @@ class Point(enum.IntEnum):
         "{who}: netback grant-copies {b} frame(s) into {adom}'s rx buffers"
     XEN_GNTTAB_COPY = 47, "xen.gnttab", INSTANT, \
         "Xen: GNTTABOP_copy for {adom}: checks the grants, copies {b} piece(s)"
+    NETBACK_TX_MAPPED = 48, "netback", INSTANT, \
+        "{who}: netback reads {b} frame(s) from {adom}'s tx buffers (persistent grant maps)"
+    NETBACK_RX_MAPPED = 49, "netback", INSTANT, \
+        "{who}: netback writes {b} frame(s) into {adom}'s rx buffers (persistent grant maps)"
+    XEN_GNTTAB_MAP = 50, "xen.gnttab", INSTANT, \
+        "Xen: GNTTABOP_map_grant_ref for {adom}: checks and maps {b} grant(s)"
 
 
 globals().update(Point.__members__)  # trace.SYSCALL_ENTER is Point.SYSCALL_ENTER

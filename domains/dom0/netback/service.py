@@ -138,6 +138,7 @@ class NetbackService:
         out: dict[TxPacket, bytes | None] = {}
         for vif, pkts in _by_vif(good).items():
             maps = vif.pmaps.lookup([f[0] for p in pkts for f in p.frags], writable=False)
+            T.stamp(T.NETBACK_TX_MAPPED, 0, vif.fe, len(pkts))
             for pkt in pkts:
                 pieces = [(maps[gref], offset, size) for gref, offset, size in pkt.frags]
                 out[pkt] = None if any(isinstance(m, int) for m, _, _ in pieces) else b"".join(
@@ -183,6 +184,7 @@ class NetbackService:
         for vif, pkts in _by_vif(batch).items():
             maps = vif.pmaps.lookup([pc[1] for p in pkts for pc in p.pieces], writable=True,
                                     ahead=vif.core.posted_rx_grefs)
+            T.stamp(T.NETBACK_RX_MAPPED, 0, vif.fe, len(pkts))
             for pkt in pkts:
                 frame = memoryview(pkt.frame)
                 ok = out[pkt] = not any(isinstance(maps[pc[1]], int) for pc in pkt.pieces)
