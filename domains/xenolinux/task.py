@@ -63,20 +63,41 @@ class WaitQueue:
 
 
 class Mutex:
-    """A sleeping lock (the filesystem's, like the old big kernel lock)."""
+    """A sleeping lock (the filesystem's, like the old big kernel lock).
+
+    Released with sleepers, it is handed to the first of them (FIFO), as
+    Linux's mutex hands off to a starving waiter: otherwise a process that
+    takes it again and again (a tight write-fsync loop) could keep a woken
+    one, which runs only at its next turn, out for ever."""
 
     def __init__(self) -> None:
         self.held = False
         self.queue = WaitQueue()
+        self.handed: Wait | None = None  # the sleeper it was handed to, not yet running
 
     def acquire(self):
-        while self.held:
-            yield self.queue.wait()
-        self.held = True
+        if not self.held:
+            self.held = True
+            return
+        w = self.queue.wait()
+        try:
+            yield w
+        except BaseException:  # interrupted (EINTR) or killed while it slept
+            if self.handed is w:
+                self.handed = None
+                self.release()  # it was ours already: pass it on
+            raise
+        self.handed = None  # held since the hand-off
 
     def release(self) -> None:
+        while self.queue.waiters:
+            w = self.queue.waiters.popleft()
+            if w.resume is not None:
+                self.handed = w  # stays held: nobody can take it in between
+                resume, w.resume = w.resume, None
+                resume(None, None)
+                return
         self.held = False
-        self.queue.wake_one()
 
 
 Resume = Callable[[object, BaseException | None], None]

@@ -243,3 +243,43 @@ def test_a_crashing_program_dies_alone_and_bad_syscalls_get_errno():
     k.run()
     assert rc == [-errno.ENOSYS]
     assert a.status == exited(127) and b.status == exited(0)
+
+
+def test_a_released_mutex_goes_to_its_sleeper_not_to_whoever_asks_next():
+    """No barging: a tight lock/unlock loop cannot starve a woken sleeper."""
+    from domains.xenolinux.task import Mutex, wait_driver
+    m, woken = Mutex(), []
+
+    def sleeper(name):
+        gen = m.acquire()
+        w = next(gen)  # it sleeps on the lock
+        wait_driver(w, lambda value, exc: woken.append(name))
+        return gen
+
+    assert list(m.acquire()) == []  # A takes the free lock at once
+    b = sleeper("B")
+    m.release()  # A lets go: handed to B, who has not run yet
+    assert woken == ["B"] and m.held
+    a_again = sleeper("A")  # A asks again at once: it must queue behind B
+    with pytest.raises(StopIteration):
+        b.send(None)  # B runs, holding the lock
+    m.release()
+    assert woken == ["B", "A"] and m.held
+    with pytest.raises(StopIteration):
+        a_again.send(None)
+    m.release()
+    assert not m.held
+
+
+def test_a_sleeper_killed_after_the_hand_off_passes_the_mutex_on():
+    from domains.xenolinux.task import Mutex, wait_driver
+    m, woken = Mutex(), []
+    assert list(m.acquire()) == []
+    gens = []
+    for name in ("B", "C"):
+        gen = m.acquire()
+        wait_driver(next(gen), lambda v, e, name=name: woken.append(name))
+        gens.append(gen)
+    m.release()  # to B ...
+    gens[0].close()  # ... killed before it ran: C gets it
+    assert woken == ["B", "C"] and m.held and m.handed is not None
