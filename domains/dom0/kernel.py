@@ -38,6 +38,7 @@ from hypervisor.public.start_info import SIF_DOM0_RESTART
 from hypervisor.public.xen import ShutdownReason
 
 HALT_GRACE_S = 3.0
+STOPPED = ("shutdown", "crashed", "dying")
 
 
 class Dom0:
@@ -104,7 +105,10 @@ class Dom0:
         self._check_halted()
 
     def _check_halted(self) -> None:
-        if self.halting and all(i["domid"] == 0 for i in self.toolstack.infos()):
+        # a domain already shut down, crashed (preserved) or dying (a zombie
+        # whose pages are still mapped) has nothing left to do: no grace for it
+        if self.halting and all(i["domid"] == 0 or i["state"] in STOPPED
+                                for i in self.toolstack.infos()):
             self.halting = False
             self.kernel.call_soon(self._power_off)
 
