@@ -191,5 +191,19 @@ class XenbusClient:
     def transaction_end(self, tx: int, commit: bool = True) -> None:
         self.request(T.TRANSACTION_END, b"T\0" if commit else b"F\0", tx)
 
+    def write_all(self, base: str, items) -> None:
+        """`base/key = value` for every (key, value), in one transaction that
+        is started again while its commit says EAGAIN (a frontend's talk_to_*)."""
+        while True:
+            tx = self.transaction_start()
+            try:
+                for key, value in items:
+                    self.write(f"{base}/{key}", str(value), tx)
+                self.transaction_end(tx)
+                return
+            except XenbusError as exc:
+                if exc.name != "EAGAIN":
+                    raise
+
     def get_domain_path(self, domid: int) -> str:
         return self.request(T.GET_DOMAIN_PATH, f"{domid}\0".encode()).rstrip(b"\0").decode()

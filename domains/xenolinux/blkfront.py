@@ -16,7 +16,6 @@ Rules:
 from collections.abc import Callable
 
 from domains.kernel.ringio import FrontendRing
-from domains.kernel.xenbus import XenbusError
 from domains.kernel.xenbus_state import Duty, Role, Switch, next_actions
 from domains.xenolinux.blkfront_core import BlkfrontCore
 from domains.xenolinux.blkfront_io import BackendFeatures, BlockIo, Completion
@@ -110,16 +109,7 @@ class Blkfront:
         keys = (*refs.items(), ("ring-page-order", RING_PAGE_ORDER),
                 ("event-channel", self.ring.port), ("protocol", "x86_64-abi"),
                 ("feature-persistent", 1))
-        while True:  # talk_to_blkback: again while the commit says EAGAIN
-            try:
-                tx = self.xs.transaction_start()
-                for key, value in keys:
-                    self.xs.write(f"{self.path}/{key}", str(value), tx)
-                self.xs.transaction_end(tx)
-                return
-            except XenbusError as exc:
-                if exc.name != "EAGAIN":
-                    raise
+        self.xs.write_all(self.path, keys)  # talk_to_blkback
 
     def _free_ring(self) -> None:
         self.core.suspend()

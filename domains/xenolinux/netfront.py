@@ -21,7 +21,6 @@ Rules:
 from collections.abc import Callable
 
 from domains.kernel.ring import FrontRing
-from domains.kernel.xenbus import XenbusError
 from domains.kernel.xenbus_state import Duty, Role, Switch, next_actions
 from domains.xenolinux.netfront_core import NetfrontCore, NetfrontState
 from hypervisor.public import trace as T
@@ -119,16 +118,7 @@ class Netfront:
                 ("event-channel", self.port), ("request-rx-copy", 1),
                 ("feature-rx-notify", 1), ("feature-sg", 1), ("feature-gso-tcpv4", 1),
                 ("feature-persistent", 1))
-        while True:  # talk_to_netback: again while the commit says EAGAIN
-            try:
-                t = self.xs.transaction_start()
-                for key, value in keys:
-                    self.xs.write(f"{self.path}/{key}", str(value), t)
-                self.xs.transaction_end(t)
-                return
-            except XenbusError as exc:
-                if exc.name != "EAGAIN":
-                    raise
+        self.xs.write_all(self.path, keys)  # talk_to_netback
 
     def _free_rings(self) -> None:
         self.core.suspend()
