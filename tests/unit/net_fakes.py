@@ -165,3 +165,33 @@ class Pair:
             if idle == 3:
                 break
         assert cond(), "condition not reached"
+
+
+def tcp_transfer(p: "Pair", size: int, max_steps: int):
+    """a connects to b:80 and sends `size` random bytes, which must arrive
+    whole and in order; returns a's socket (its TCB has the counters)."""
+    import os
+
+    from domains.xenolinux.net import SOCK_STREAM
+    chunk = 1 << 20
+    srv = p.b.socket(SOCK_STREAM)
+    srv.bind(("0.0.0.0", 80))
+    srv.listen(1)
+    c = p.a.socket(SOCK_STREAM)
+    c.connect(("10.0.0.12", 80))
+    p.run_until(srv.readable)
+    s = srv.accept()
+    data = os.urandom(size)
+    sent, got = 0, bytearray()
+
+    def done() -> bool:
+        nonlocal sent
+        if sent < len(data):
+            sent += c.send(data[sent : sent + chunk])
+        while r := s.recv(chunk):
+            got.extend(r)
+        return len(got) == len(data)
+
+    p.run_until(done, max_steps)
+    assert got == data
+    return c

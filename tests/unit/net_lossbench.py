@@ -8,12 +8,10 @@ NIC do), then drops, duplicates and reorders each one; it has a one-way delay an
 "cpu" the Python time both stacks spent; on a real host the two roughly add up.
 """
 
-import os
 import sys
 import time
 
-from domains.xenolinux.net import SOCK_STREAM
-from tests.unit.net_fakes import Pair
+from tests.unit.net_fakes import Pair, tcp_transfer
 
 MIB = 1 << 20
 MS = 1_000_000
@@ -21,28 +19,9 @@ MS = 1_000_000
 
 def run(label: str, size: int, **kw) -> None:
     p = Pair(gso_ok=True, cut_gso=True, rate_bps=200_000_000, **kw)
-    srv = p.b.socket(SOCK_STREAM)
-    srv.bind(("0.0.0.0", 80))
-    srv.listen(1)
-    c = p.a.socket(SOCK_STREAM)
-    c.connect(("10.0.0.12", 80))
-    p.run_until(srv.readable)
-    s = srv.accept()
-    data = os.urandom(size)
-    sent, got = 0, bytearray()
-
-    def done() -> bool:
-        nonlocal sent
-        if sent < len(data):
-            sent += c.send(data[sent : sent + MIB])
-        while r := s.recv(MIB):
-            got.extend(r)
-        return len(got) == len(data)
-
     t0, w0 = p.clock.t, time.perf_counter()
-    p.run_until(done, 10_000_000)
+    c = tcp_transfer(p, size, 10_000_000)
     sim, cpu = (p.clock.t - t0) / 1e9, time.perf_counter() - w0
-    assert got == data
     tcb = c.tcb
     print(
         f"{label:34s} sim {sim:6.2f} s  cpu {cpu:5.2f} s  timeouts {tcb.timeouts:4d}  "
