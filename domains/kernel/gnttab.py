@@ -81,6 +81,19 @@ def receive_memory(ctl: socket.socket) -> ForeignMemory:
     return ForeignMemory(tag["dom"], m, memoryview(m))
 
 
+class Granter:
+    """The grant side a frontend core sees: grant to its one backend, end access."""
+
+    def __init__(self, kernel, backend: int) -> None:
+        self.k, self.backend = kernel, backend
+
+    def grant(self, pfn: int, readonly: bool) -> int:
+        return self.k.gnttab.grant_access(self.backend, pfn, readonly)
+
+    def end_access(self, gref: int) -> bool:
+        return self.k.gnttab.end_access(gref)
+
+
 class GrantTableDriver:
     def __init__(self, client: HypercallClient, mem: memoryview, ctl: socket.socket) -> None:
         self.client, self.mem, self.ctl = client, mem, ctl

@@ -196,3 +196,11 @@ def diagram(role: Role | None = None) -> str:
         target = switches[-1] if switches else "(stays)"
         lines.append(f"{t.role.value:8}  {_names(t.mine):26} --{trigger}--> {target}  [{duties}]")
     return "\n".join(lines)
+
+
+def parse_state(value: str | None) -> S:
+    """A xenstore `state` node's text as a XenbusState (Unknown if it is not one)."""
+    try:
+        return S(int(value or 0))
+    except ValueError:
+        return S.Unknown

@@ -15,8 +15,9 @@ Rules:
 
 from collections.abc import Callable
 
+from domains.kernel.gnttab import Granter
 from domains.kernel.ringio import FrontendRing
-from domains.kernel.xenbus_state import Duty, Role, Switch, next_actions
+from domains.kernel.xenbus_state import Duty, Role, Switch, next_actions, parse_state
 from domains.xenolinux.blkfront_core import BlkfrontCore
 from domains.xenolinux.blkfront_io import BackendFeatures, BlockIo, Completion
 from hypervisor.public import trace
@@ -28,7 +29,6 @@ from hypervisor.public.blkif import (
     SECTOR_SIZE,
 )
 from hypervisor.public.xen import PAGE_SIZE
-from hypervisor.public.xenbus import XenbusState as S
 
 _OP_NAMES = {BLKIF_OP_READ: "read", BLKIF_OP_WRITE: "write",
              BLKIF_OP_FLUSH_DISKCACHE: "flush"}
@@ -36,17 +36,6 @@ RING_PAGE_ORDER = 1  # 64 slots: many requests in flight
 FEATURE_KEYS = ("sectors", "info", "sector-size", "feature-flush-cache", "feature-barrier",
                 "feature-discard", "discard-secure", "feature-persistent")
 Callback = Callable[[int, bytes], None]  # (BLKIF_RSP_*, data read or b"")
-
-
-class _Granter:
-    def __init__(self, kernel, backend: int) -> None:
-        self.k, self.backend = kernel, backend
-
-    def grant(self, pfn: int, readonly: bool) -> int:
-        return self.k.gnttab.grant_access(self.backend, pfn, readonly)
-
-    def end_access(self, gref: int) -> bool:
-        return self.k.gnttab.end_access(gref)
 
 
 class _Pages:
@@ -67,7 +56,7 @@ class Blkfront:
         self.devid, self.path = devid, f"device/vbd/{devid}"
         self.backend_path = self.xs.read(f"{self.path}/backend")
         self.backend_id = int(self.xs.read(f"{self.path}/backend-id"))
-        self.core = BlkfrontCore(_Granter(self.k, self.backend_id), _Pages(self.k), handle=devid)
+        self.core = BlkfrontCore(Granter(self.k, self.backend_id), _Pages(self.k), handle=devid)
         self.ring: FrontendRing | None = None
         self.features: BackendFeatures | None = None
         self.on_connect = on_connect
@@ -81,8 +70,8 @@ class Blkfront:
     # ---- xenbus ----------------------------------------------------------
 
     def changed(self) -> None:
-        mine = _state(self.xs.try_read(f"{self.path}/state"))
-        other = _state(self.xs.try_read(f"{self.backend_path}/state"))
+        mine = parse_state(self.xs.try_read(f"{self.path}/state"))
+        other = parse_state(self.xs.try_read(f"{self.backend_path}/state"))
         self.g.printk(f"blkfront {self.devid}: frontend {mine.name}, backend {other.name}")
         for action in next_actions(Role.FRONTEND, mine, other):
             if isinstance(action, Switch):
@@ -212,11 +201,6 @@ class Blkfront:
         callback(done.status, data)
 
 
-def _state(value: str | None) -> S:
-    try:
-        return S(int(value or 0))
-    except ValueError:
-        return S.Unknown
 
 
 def probe(guest, on_connect=None) -> dict[int, Blkfront]:

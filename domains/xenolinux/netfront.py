@@ -20,23 +20,12 @@ Rules:
 
 from collections.abc import Callable
 
+from domains.kernel.gnttab import Granter
 from domains.kernel.ring import FrontRing
-from domains.kernel.xenbus_state import Duty, Role, Switch, next_actions
+from domains.kernel.xenbus_state import Duty, Role, Switch, next_actions, parse_state
 from domains.xenolinux.netfront_core import NetfrontCore, NetfrontState
 from hypervisor.public import trace as T
 from hypervisor.public.netif import NETIF_RX_ENTRY_SIZE, NETIF_TX_ENTRY_SIZE
-from hypervisor.public.xenbus import XenbusState as S
-
-
-class _Granter:
-    def __init__(self, kernel, backend: int) -> None:
-        self.k, self.backend = kernel, backend
-
-    def grant(self, pfn: int, readonly: bool) -> int:
-        return self.k.gnttab.grant_access(self.backend, pfn, readonly)
-
-    def end_access(self, gref: int) -> bool:
-        return self.k.gnttab.end_access(gref)
 
 
 class _RingPage:
@@ -71,7 +60,7 @@ class Netfront:
         self.mac = bytes.fromhex(self.xs.read(f"{self.path}/mac").replace(":", ""))
         self.mtu = int(self.xs.try_read(f"{self.path}/mtu") or 1500)
         self.receiver: Callable[[bytes, int], None] | None = None
-        self.core = NetfrontCore(_Granter(self.k, self.backend_id), self._alloc_page)
+        self.core = NetfrontCore(Granter(self.k, self.backend_id), self._alloc_page)
         self.rings: tuple[_RingPage, _RingPage] | None = None
         self.port: int | None = None
         self.on_connect = on_connect
@@ -94,8 +83,8 @@ class Netfront:
     # ---- xenbus ----------------------------------------------------------
 
     def changed(self) -> None:
-        mine = _state(self.xs.try_read(f"{self.path}/state"))
-        other = _state(self.xs.try_read(f"{self.backend_path}/state"))
+        mine = parse_state(self.xs.try_read(f"{self.path}/state"))
+        other = parse_state(self.xs.try_read(f"{self.backend_path}/state"))
         for action in next_actions(Role.FRONTEND, mine, other):
             if isinstance(action, Switch):
                 self.xs.write(f"{self.path}/state", str(int(action.state)))
@@ -175,11 +164,6 @@ class Netfront:
         self._push()
 
 
-def _state(value: str | None) -> S:
-    try:
-        return S(int(value or 0))
-    except ValueError:
-        return S.Unknown
 
 
 def probe(guest, on_connect=None) -> dict[str, Netfront]:

@@ -20,7 +20,7 @@ from domains.dom0.blkback.vbd import DiskFlags, DiskOp, VbdConfig, backend_keys
 from domains.dom0.drivers import device_list
 from domains.dom0.xenstored.perms import XsError
 from domains.kernel.ringio import BackendRing
-from domains.kernel.xenbus_state import Duty, Event, Role, Switch, next_actions
+from domains.kernel.xenbus_state import Duty, Event, Role, Switch, next_actions, parse_state
 from hypervisor.public import hops, trace
 from hypervisor.public.blkif import (
     BLKIF_ENTRY_SIZE,
@@ -103,11 +103,11 @@ class VbdBackend:
 
     @property
     def state(self) -> S:
-        return _state(self.xs.try_read(f"{self.path}/state"))
+        return parse_state(self.xs.try_read(f"{self.path}/state"))
 
     @property
     def other(self) -> S:
-        return _state(self.xs.try_read(f"{self.fe_path}/state"))
+        return parse_state(self.xs.try_read(f"{self.fe_path}/state"))
 
     def changed(self) -> None:
         if not self.removed and not self.pending_actions:
@@ -275,10 +275,3 @@ class VbdBackend:
         except XsError:
             pass
         self.service.forget(self)
-
-
-def _state(value: str | None) -> S:
-    try:
-        return S(int(value or 0))
-    except ValueError:
-        return S.Unknown

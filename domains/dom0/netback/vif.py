@@ -30,7 +30,7 @@ from domains.dom0.netback.core import NetbackCore, VifFeatures
 from domains.dom0.netback.persistent import PersistentMaps
 from domains.dom0.xenstored.perms import XsError
 from domains.kernel.ring import BackRing
-from domains.kernel.xenbus_state import Duty, Event, Role, Switch, next_actions
+from domains.kernel.xenbus_state import Duty, Event, Role, Switch, next_actions, parse_state
 from hypervisor.public.netif import NETIF_RX_ENTRY_SIZE, NETIF_TX_ENTRY_SIZE
 from hypervisor.public.xenbus import XenbusState as S
 
@@ -82,11 +82,11 @@ class VifBackend:
 
     @property
     def state(self) -> S:
-        return _state(self.xs.try_read(f"{self.path}/state"))
+        return parse_state(self.xs.try_read(f"{self.path}/state"))
 
     @property
     def other(self) -> S:
-        return _state(self.xs.try_read(f"{self.fe_path}/state"))
+        return parse_state(self.xs.try_read(f"{self.fe_path}/state"))
 
     def changed(self) -> None:
         if not self.removed:
@@ -306,10 +306,3 @@ class _SkipHeader:
             self.first = False
             return len(data)
         return self.f.write(data)
-
-
-def _state(value: str | None) -> S:
-    try:
-        return S(int(value or 0))
-    except ValueError:
-        return S.Unknown
