@@ -20,6 +20,7 @@ Rules:
 import heapq
 import os
 import secrets
+import select
 import signal
 import socket
 import time
@@ -55,6 +56,11 @@ DOM0_RESTART_WINDOW_S = 30.0  # ... within this window; the next death crashes t
 _SNDMORE = int(zmq.SNDMORE)
 _EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
 POSTED_ERRORS_LOGGED = 5  # per domain, then one line per thousand
+# The dispatcher's hot path compares plain ints and identities: no enum lookups.
+_MULTICALL, _POSTED = int(Hypercall.multicall), envelope.POSTED
+_PAUSED, _CREATED, _SHUTDOWN = DomState.paused, DomState.created, DomState.shutdown
+_BLOCKED, _RUNNING = DomState.blocked, DomState.running
+_TABLE = hypercalls.TABLE
 
 
 def _is_call(c) -> bool:
@@ -94,6 +100,7 @@ class Hypervisor(DevicesMixin):
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.bind(endpoint)
+        self.sends = self.sends_seen = 0  # frames sent; as of on_router's last look
         self.pidfds: dict[int, Domain] = {}
         self._pidfds_changed = True
         self.pollers: set[Domain] = set()  # domains blocked in SCHEDOP_poll
@@ -304,25 +311,28 @@ class Hypervisor(DevicesMixin):
         dom = self.domains.get(domid)
         if dom is None or not dom.alive:
             return
-        if dom.state in (DomState.paused, DomState.created):
+        state = dom.state
+        if state is _PAUSED or state is _CREATED:
             dom.kick_deferred = True
         elif dom.block_seq is not None:
             self.wake(dom)
-        elif dom.state is not DomState.shutdown:
+        elif state is not _SHUTDOWN:
             self._send(dom.secret, envelope.UPCALL_FRAME)
 
     def wake(self, dom: Domain) -> None:
         seq, dom.block_seq = dom.block_seq, None
-        if dom.state is DomState.blocked:
-            dom.transition("wake")
-        self.reply(dom, seq, 0)
+        if dom.state is _BLOCKED:
+            dom.state = _RUNNING  # TRANSITIONS' (blocked, "wake") row
+        self._send(dom.secret, envelope.encode_reply(seq, 0, None))
 
     def reply(self, dom: Domain, seq: int, rc: int, out=None) -> None:
         self._send(dom.secret, envelope.encode_reply(seq, rc, out))
 
     def _send(self, ident: bytes, frame: bytes) -> None:
-        self.sock.send(ident, _SNDMORE)
-        self.sock.send(frame)
+        sock = self.sock
+        sock.send(ident, _SNDMORE)
+        sock.send(frame)
+        self.sends += 1  # the loop's edge check (loop())
 
     def arm_timer(self, dom: Domain, deadline_ns: int) -> None:
         dom.timer_ns = deadline_ns
@@ -399,53 +409,50 @@ class Hypervisor(DevicesMixin):
     # ---- hypercall dispatch --------------------------------------------
 
     def handle_frame(self, dom: Domain, frame: bytes) -> None:
-        if dom.state in (DomState.paused, DomState.created):
+        state = dom.state
+        if state is _PAUSED or state is _CREATED:
             dom.held.append(frame)
             return
-        if dom.state is DomState.shutdown or not dom.alive:
+        if state is _SHUTDOWN or not dom.alive:
             return  # its vCPU no longer runs
         try:
-            req = envelope.decode_request(frame)
+            seq, hc, cmd, args = envelope.decode_request_fields(frame)
         except envelope.EnvelopeError:
             self.reply(dom, 0, -Errno.EINVAL)
             return
         if dom.block_seq is not None:
             self.wake(dom)  # it is running again: its block is over
-        if req.hypercall == Hypercall.multicall:
-            req = self._multicall(dom, req)
-            if req is None:
+        if hc == _MULTICALL:
+            last = self._multicall(dom, seq, args)
+            if last is None:
                 return
-        result = self._dispatch(dom, req)
-        if result is not None and req.seq != envelope.POSTED:
-            self.reply(dom, req.seq, *result)
+            hc, cmd, args = last
+        result = self._call(dom, hc, cmd, args, seq)
+        if seq == _POSTED:
+            if result is not None and result[0] < 0:
+                self._posted_failed(dom, hc, cmd, result[0])
+        elif result is not None:
+            self.reply(dom, seq, *result)
 
-    def _multicall(self, dom: Domain, req: envelope.Request):
-        """Run all but the last entry posted; return the last as a request."""
-        calls = req.args
+    def _multicall(self, dom: Domain, seq: int, calls):
+        """Run all but the last entry posted; return the last (hc, cmd, args)."""
         if type(calls) is not list or not 0 < len(calls) <= hypercalls.MAX_BATCH or not all(
                 map(_is_call, calls)):
-            self.reply(dom, req.seq, -Errno.EINVAL)
+            self.reply(dom, seq, -Errno.EINVAL)
             return None
         for hc, cmd, args in calls[:-1]:
-            self._run(dom, hc, cmd, args)
-        hc, cmd, args = calls[-1]
-        if hc == Hypercall.multicall:
-            self.reply(dom, req.seq, -Errno.EINVAL)
+            result = self._call(dom, hc, cmd, args, _POSTED)
+            if result is not None and result[0] < 0:
+                self._posted_failed(dom, hc, cmd, result[0])
+        last = calls[-1]
+        if last[0] == _MULTICALL:
+            self.reply(dom, seq, -Errno.EINVAL)
             return None
-        return envelope.Request(req.seq, hc, cmd, args)
-
-    def _dispatch(self, dom: Domain, req: envelope.Request):
-        return self._run(dom, req.hypercall, req.cmd, req.args, req.seq)
-
-    def _run(self, dom: Domain, hc: int, cmd: int, args, seq: int = envelope.POSTED):
-        result = self._call(dom, hc, cmd, args, seq)
-        if seq == envelope.POSTED and result is not None and result[0] < 0:
-            self._posted_failed(dom, hc, cmd, result[0])
-        return result
+        return last
 
     def _call(self, dom: Domain, hc: int, cmd: int, args, seq: int):
-        handler = hypercalls.TABLE.get((hc, cmd))
-        if handler is None or hc == Hypercall.multicall:
+        handler = _TABLE.get((hc, cmd))
+        if handler is None:  # multicall itself is not in the table
             return (-Errno.ENOSYS, None)
         try:
             return handler(self, dom, seq, args)
@@ -465,51 +472,75 @@ class Hypervisor(DevicesMixin):
                                f" ({n} so far)")
 
     def on_router(self) -> None:
-        """Take every queued hypercall. Frames are read one by one with int
-        flags and options: pyzmq's multipart and enum helpers cost more than
-        the hypercall itself."""
+        """Take every queued hypercall. Frames are read with int flags:
+        pyzmq's multipart and enum helpers cost more than the hypercall."""
         sock = self.sock
-        while sock.get(_EVENTS) & _POLLIN:
+        by_secret = self.by_secret
+        while sock.get(_EVENTS) & _POLLIN:  # a system call: once per frame
             ident = sock.recv()
-            frame = sock.recv() if sock.get(_RCVMORE) else b""
-            if sock.get(_RCVMORE):  # a well-behaved DEALER sends one frame
+            msg = sock.recv(copy=False)  # a Frame: .more needs no system call
+            if msg.more:  # a well-behaved DEALER sends one frame
                 while sock.get(_RCVMORE):
                     sock.recv()
                 continue
-            dom = self.by_secret.get(ident)
+            dom = by_secret.get(ident)
             if dom is not None:
-                self.handle_frame(dom, frame)
+                self.handle_frame(dom, msg.bytes)
             elif ident in self.device_ids:
-                self.handle_device_frame(self.device_ids[ident], frame)
+                self.handle_device_frame(self.device_ids[ident], msg.bytes)
+        self.sends_seen = self.sends
+
+    def _epoll(self, router_fd: int, wakeup_fd: int) -> select.epoll:
+        """The loop's poll set. The firmware channel is served before the
+        ROUTER in each turn: a replacement device's hello must find its
+        secret known (hypervisor.devices)."""
+        ep = select.epoll()
+        for fd in (*self.firmware_fds(), router_fd, wakeup_fd, *self.pidfds, *self.device_ctls):
+            ep.register(fd, select.EPOLLIN)
+        return ep
 
     def loop(self, wakeup_fd: int) -> None:
-        items = [(self.sock, zmq.POLLIN), (wakeup_fd, zmq.POLLIN)]
-        while self.running:
-            if self._pidfds_changed:
-                self._pidfds_changed = False
-                # The firmware channel comes before the ROUTER: a replacement
-                # device's hello must find its secret known (hypervisor.devices).
-                items = [*((fd, zmq.POLLIN) for fd in self.firmware_fds()),
-                         (self.sock, zmq.POLLIN), (wakeup_fd, zmq.POLLIN),
-                         *((fd, zmq.POLLIN) for fd in self.pidfds),
-                         *((fd, zmq.POLLIN) for fd in self.device_ctls)]
-            timeout = -1
-            if self.timers:
-                timeout = max(0, (self.timers[0][0] - time.monotonic_ns()) // 1_000_000 + 1)
-            for obj, _ in zmq.zmq_poll(items, timeout):
-                if obj is self.sock:
-                    self.on_router()
-                elif obj == wakeup_fd:
-                    os.read(wakeup_fd, 512)
-                    self.running = False
-                elif obj in self.pidfds:
-                    self.on_death(self.pidfds[obj])
-                else:
-                    self.on_device_fd(obj)
-            if self.timers:
-                self.run_timers()
-            if self.pollers:
-                self.check_polls()
+        """epoll, not zmq_poll: zmq_poll makes four system calls a wake-up
+        and polls every fd twice; epoll makes one. The ROUTER's ZMQ_FD only
+        says "look"; ZMQ_EVENTS says whether a frame is there, and a send
+        may consume the fd's edge, so the loop sleeps only when no send
+        happened since on_router's last ZMQ_EVENTS check."""
+        router_fd = self.sock.get(zmq.FD)
+        ep = None
+        try:
+            while self.running:
+                if self._pidfds_changed:
+                    self._pidfds_changed = False
+                    if ep is not None:
+                        ep.close()
+                    ep = self._epoll(router_fd, wakeup_fd)
+                self.on_router()
+                if self.timers:
+                    self.run_timers()
+                if self.pollers:
+                    self.check_polls()
+                if self.sends != self.sends_seen:
+                    continue  # a timer or a poll replied: look at the ROUTER again
+                self._sleep(ep, router_fd, wakeup_fd)
+        finally:
+            if ep is not None:
+                ep.close()
+
+    def _sleep(self, ep: select.epoll, router_fd: int, wakeup_fd: int) -> None:
+        """Wait for a frame, a death, a device, a signal or the next timer."""
+        timeout = -1.0
+        if self.timers:
+            timeout = max(0.0, (self.timers[0][0] - time.monotonic_ns()) / 1e9)
+        for fd, _ in ep.poll(timeout):
+            if fd == router_fd:
+                continue  # on_router runs first in the next turn
+            if fd == wakeup_fd:
+                os.read(wakeup_fd, 512)
+                self.running = False
+            elif fd in self.pidfds:
+                self.on_death(self.pidfds[fd])
+            else:
+                self.on_device_fd(fd)
 
     def halt(self) -> None:
         """Power off: every domain process is killed and reaped."""

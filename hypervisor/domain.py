@@ -25,6 +25,10 @@ class DomState(enum.Enum):
     crashed = "crashed"  # the process died without shutting down
     dying = "dying"  # being destroyed; zombie while its pages are mapped
 
+    # Members are singletons: identity hashing is exact and skips Enum's
+    # Python-level __hash__ on every transition lookup.
+    __hash__ = object.__hash__
+
 
 S = DomState
 TRANSITIONS: dict[tuple[DomState, str], DomState] = {
@@ -44,6 +48,9 @@ for _s in (S.created, S.running, S.blocked, S.paused, S.shutdown):
     TRANSITIONS[(_s, "crash")] = S.crashed
 for _s in DomState:
     TRANSITIONS[(_s, "destroy")] = S.dying
+
+
+_CRASHED, _DYING = S.crashed, S.dying
 
 
 class TransitionError(Exception):
@@ -86,7 +93,8 @@ class Domain:
 
     @property
     def alive(self) -> bool:
-        return self.state not in (DomState.crashed, DomState.dying) and self.pid > 0
+        state = self.state
+        return state is not _CRASHED and state is not _DYING and self.pid > 0
 
     def transition(self, event: str) -> None:
         nxt = TRANSITIONS.get((self.state, event))

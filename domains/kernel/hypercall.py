@@ -120,9 +120,10 @@ class HypercallClient:
             self._accept(sock.recv())
 
     def wait(self) -> None:
-        """Sleep until Xen says something (the domain is blocked), then drain."""
+        """Sleep until Xen says something (the domain is blocked). The event
+        loop drains the rest next turn: each ZMQ_EVENTS check is a system
+        call, so it is made once per turn, not twice."""
         self._accept(self.sock.recv())
-        self.drain()
 
     def close(self) -> None:
         self.sock.close(0)

@@ -57,11 +57,19 @@ def encode_request(seq: int, hypercall: int, cmd: int, args: Any = None) -> byte
 
 
 def decode_request(frame: bytes) -> Request:
+    return Request(*decode_request_fields(frame))
+
+
+def decode_request_fields(frame: bytes) -> tuple[int, int, int, Any]:
+    """decode_request without the Request object: (seq, hypercall, cmd, args),
+    for the hypervisor's dispatch loop."""
     msg = _unpack(frame)
-    if len(msg) != 5 or type(msg[1]) is not int or type(msg[2]) is not int or type(
-            msg[3]) is not int:
+    if len(msg) != 5:
         raise EnvelopeError("bad request shape")
-    return Request(msg[1], msg[2], msg[3], msg[4])
+    _, seq, hc, cmd, args = msg
+    if type(seq) is not int or type(hc) is not int or type(cmd) is not int:
+        raise EnvelopeError("bad request shape")
+    return seq, hc, cmd, args
 
 
 def encode_reply(seq: int, rc: int, out: Any = None) -> bytes:
