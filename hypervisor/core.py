@@ -519,6 +519,8 @@ class Hypervisor(DevicesMixin):
                     self.run_timers()
                 if self.pollers:
                     self.check_polls()
+                if not self.running:
+                    break  # Domain-0 powered the host off
                 if self.sends != self.sends_seen:
                     continue  # a timer or a poll replied: look at the ROUTER again
                 self._sleep(ep, router_fd, wakeup_fd)

@@ -40,6 +40,12 @@ def test_bench_evtchn_json(tmp_path: Path, monkeypatch) -> None:
     check_summary(result["baseline_zmq_rtt_ns"], COUNT)
     ratio = result["rtt_ns"]["p50"] / result["baseline_zmq_rtt_ns"]["p50"]
     assert abs(result["ratio_p50"] - ratio) <= 0.0005 + 1e-9
+    # the floor: the same four hops through plain relay processes
+    floor = result["floor_chain_rtt_ns"]
+    check_summary(floor, COUNT)
+    assert abs(result["ratio_p50_to_floor"] - result["rtt_ns"]["p50"] / floor["p50"]) <= 0.0005
+    assert abs(result["floor_ratio_p50"] - floor["p50"] / result["baseline_zmq_rtt_ns"]["p50"]) \
+        <= 0.0005
 
     # the private host is gone: no process, no PID record
     monkeypatch.setenv("XENOLAB_RUN_ROOT", str(tmp_path))
