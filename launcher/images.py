@@ -6,6 +6,8 @@ Rules:
    reproducible: fixed UUID and directory hash seed, a fixed mke2fs clock
    (E2FSPROGS_FAKE_TIME) and a staged copy of the template whose files all
    carry the same timestamp and mode, so two builds are byte-identical.
+   mke2fs -d copies each file's ctime, which no one can set: debugfs then
+   sets every inode's ctime to the fixed time too.
 2. An existing image is never overwritten unless asked: it is the guest's
    disk and holds what the guest wrote.
 """
@@ -51,6 +53,25 @@ def make_image(path: str, size_mib: int = 16, template: str | None = None,
     return path
 
 
+def _paths(root: str) -> list[str]:
+    """Every file and directory of the staged tree, as paths in the image."""
+    out = ["/"]
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        base = "/" if rel == "." else "/" + rel + "/"
+        out += [base + n for n in sorted(dirnames + filenames)]
+    return out
+
+
+def _fix_ctimes(image: str, root: str, env: dict) -> None:
+    """Rule 1: one debugfs run sets the ctime of every copied inode."""
+    cmds = "".join(f'sif "{p}" ctime @{FIXED_TIME}\n' for p in _paths(root))
+    res = subprocess.run(["debugfs", "-w", "-f", "-", image], input=cmds, env=env,
+                         capture_output=True, text=True)
+    if res.returncode != 0 or "sif:" in res.stderr:
+        raise HostError(f"debugfs failed: {res.stderr.strip().splitlines()[-1:]}")
+
+
 def _normalise(root: str) -> None:
     """Same mode and time on every file, deepest first (so dirs keep theirs)."""
     for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
@@ -72,4 +93,5 @@ def _mke2fs(path: str, root: str, size_mib: int) -> None:
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise HostError(f"mke2fs failed: {res.stderr.strip().splitlines()[-1:]}")
+    _fix_ctimes(tmp, root, env)
     os.replace(tmp, path)

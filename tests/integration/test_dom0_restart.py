@@ -251,5 +251,11 @@ def test_xl_requests_in_flight_when_dom0_dies(make_host):
     reader.join(30)
     writer.join(30)
     assert [d["name"] for d in got[0]][:2] == ["Domain-0", "a1"]
-    assert "Domain-0 restarted while handling 'pause'" in str(failed[0])
-    assert h["a1"]["state"] != "paused"
+    if isinstance(failed[0], Exception):
+        assert "Domain-0 restarted while handling 'pause'" in str(failed[0])
+        assert h["a1"]["state"] != "paused"
+    else:
+        # The client's I/O thread had not yet written the request when the
+        # old Domain-0 died: ZeroMQ kept it and delivered it to the new one,
+        # which did it once and answered. Rare, and just as correct.
+        assert h["a1"]["state"] == "paused"

@@ -3,7 +3,7 @@
 import hashlib
 import subprocess
 
-from launcher.images import make_image
+from launcher.images import FIXED_TIME, make_image
 
 
 def digest(path) -> str:
@@ -28,3 +28,15 @@ def test_an_existing_image_is_kept(tmp_path):
     img.write_bytes(b"guest data")
     make_image(str(img), 8)
     assert img.read_bytes() == b"guest data"
+
+
+def test_every_inode_has_the_fixed_ctime(tmp_path):
+    """mke2fs -d copies each staged file's ctime (the second it was copied),
+    so without the debugfs pass two builds a second apart differ."""
+    img = tmp_path / "c.img"
+    make_image(str(img), 8)
+    want = f"ctime: 0x{FIXED_TIME:08x}"
+    for path in ("/", "/bin", "/bin/sh", "/etc/issue"):
+        stat = subprocess.run(["debugfs", "-R", f"stat {path}", str(img)], capture_output=True,
+                              text=True).stdout
+        assert want in stat, (path, stat)
