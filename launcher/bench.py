@@ -9,7 +9,7 @@ What is measured:
   process (2 hops), sending a frame the size of the EVTCHNOP_send hypercall,
   as many times.
 - floor: the same frame through a plain relay process and back by a plain
-  peer (launcher.zmq_chain): the 4 hops of the event channel's path with
+  peer (launcher.zmq_peers): the 4 hops of the event channel's path with
   nothing done on them, so rtt / floor is the model's own cost.
 The ratio of the p50s is reported against a target; it is never enforced.
 
@@ -38,7 +38,7 @@ from domains.xenolinux.evtchn_bench import WARMUP, summarize
 from hypervisor.public import envelope
 from hypervisor.public.event_channel import EvtchnOp
 from hypervisor.public.xen import Hypercall
-from launcher import rundir, zmq_chain
+from launcher import rundir, zmq_peers
 from launcher.client import ToolstackClient
 from launcher.host import Host
 from launcher.hostspec import DomainSpec, default_host
@@ -167,63 +167,51 @@ def _wait_long(xl: Xl, path: str, budget_s: float) -> str:
 
 
 def measure_zmq(count: int) -> dict[str, int]:
-    """Round trips to a plain echo process (launcher.zmq_echo), same payload."""
-    endpoint = f"ipc://@xenolab-bench-{os.getpid()}"
-    payload = envelope.encode_request(1, Hypercall.event_channel_op, EvtchnOp.send, {"port": 1})
-    child = subprocess.Popen([sys.executable, "-m", "launcher.zmq_echo", endpoint,
-                              str(WARMUP + count)], stdout=subprocess.PIPE,
-                             stdin=subprocess.DEVNULL)
-    ctx = zmq.Context(io_threads=1)
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 10_000)
-    try:
-        if not select.select([child.stdout], [], [], 10)[0] or not child.stdout.readline():
-            raise HostError(f"the ZeroMQ echo process did not start (exit {child.poll()})")
-        sock.connect(endpoint)
-        samples = _round_trips(sock, payload, WARMUP + count)
-    except zmq.Again:
-        raise HostError("the ZeroMQ echo process stopped answering") from None
-    finally:
-        sock.close(0)
-        ctx.term()
-        try:
-            child.wait(5)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        child.stdout.close()
-    return histogram_summary(samples[WARMUP:])
+    """Round trips to a plain echo process (launcher.zmq_peers), same payload."""
+    return _plain_round_trips(count, "echo", [["echo", str(WARMUP + count)]])
 
 
 def measure_chain(count: int) -> dict[str, int]:
-    """Round trips through launcher.zmq_chain: this process -> relay -> peer ->
+    """Round trips through launcher.zmq_peers: this process -> relay -> peer ->
     relay -> here, the event channel's four hops with no Xen work on them."""
-    endpoint = f"ipc://@xenolab-bench-chain-{os.getpid()}"
+    return _plain_round_trips(count, "relay chain", [["relay"], ["peer"]], zmq_peers.FRONT,
+                              stop=True)
+
+
+def _plain_round_trips(count: int, what: str, roles: list[list[str]],
+                       routing_id: bytes | None = None, stop: bool = False) -> dict[str, int]:
+    """Start the zmq_peers processes (the first one binds and says "ready"),
+    time WARMUP + count round trips of an EVTCHNOP_send-sized frame, send
+    QUIT if `stop` (an echo exits by itself), and make sure every child is gone."""
+    tag = "-".join(role[0] for role in roles)
+    endpoint = f"ipc://@xenolab-bench-{tag}-{os.getpid()}"
     payload = envelope.encode_request(1, Hypercall.event_channel_op, EvtchnOp.send, {"port": 1})
-    argv = [sys.executable, "-m", "launcher.zmq_chain"]
-    relay = subprocess.Popen([*argv, "relay", endpoint], stdout=subprocess.PIPE,
-                             stdin=subprocess.DEVNULL)
-    peer = subprocess.Popen([*argv, "peer", endpoint], stdin=subprocess.DEVNULL)
+    argv = [sys.executable, "-m", "launcher.zmq_peers"]
+    children = [subprocess.Popen([*argv, role[0], endpoint, *role[1:]], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE if i == 0 else None)
+                for i, role in enumerate(roles)]
     ctx = zmq.Context(io_threads=1)
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 10_000)
-    sock.setsockopt(zmq.ROUTING_ID, zmq_chain.FRONT)
+    if routing_id is not None:
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    first = children[0]
     try:
-        if not select.select([relay.stdout], [], [], 10)[0] or not relay.stdout.readline():
-            raise HostError(f"the ZeroMQ relay chain did not start (exit {relay.poll()})")
+        if not select.select([first.stdout], [], [], 10)[0] or not first.stdout.readline():
+            raise HostError(f"the ZeroMQ {what} did not start (exit {first.poll()})")
         sock.connect(endpoint)
         samples = _round_trips(sock, payload, WARMUP + count)
-        sock.send(zmq_chain.QUIT)
+        if stop:
+            sock.send(zmq_peers.QUIT)  # the relay passes it on to the peer
     except zmq.Again:
-        raise HostError("the ZeroMQ relay chain stopped answering") from None
+        raise HostError(f"the ZeroMQ {what} stopped answering") from None
     finally:
-        for child in (relay, peer):  # the socket stays open while QUIT travels
+        for child in children:  # the socket stays open while QUIT travels
             _reap(child)
         sock.close(0)
         ctx.term()
-        relay.stdout.close()
+        first.stdout.close()
     return histogram_summary(samples[WARMUP:])
 
 
