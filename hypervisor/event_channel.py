@@ -313,7 +313,7 @@ class EventChannels:
         n = self._n
         n["sends"] += 1
         self.sends_from[caller] += 1
-        if hops._map is not None:
+        if hops.on:
             hops.stamp(hops.XEN_SEND, caller, chn.remote_dom)
         peer = self._domains.get(chn.remote_dom)
         if peer is not None:

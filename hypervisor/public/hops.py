@@ -51,6 +51,7 @@ def _open() -> mmap.mmap | None:
 
 
 _map = _open()
+on = _map is not None  # callers on hot paths test this before calling stamp()
 _next = 0
 
 
