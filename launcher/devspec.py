@@ -32,7 +32,18 @@ import os
 import re
 from dataclasses import dataclass
 
+from hypervisor.public.nicdev import NicDevError, check_wire
 from launcher.hostspec import ConfigError, DomainSpec, HostSpec, check_int, check_text
+
+WIRE_KEYS = ("drop", "dup", "reorder", "delay_ms", "partition")
+
+
+def check_wire_settings(where: str, values: dict) -> None:
+    """A link's faults, by the rules the NIC itself applies (nicdev "wire")."""
+    try:
+        check_wire(values)
+    except NicDevError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 KINDS = ("disk", "nic")
 NAME_MAX = 31
@@ -93,14 +104,7 @@ class DeviceSpec:
         where = f"device {self.name}"
         for key in ("wire", "tap", "tap_netns", "bridge", "mac"):
             check_text(f"{where}: {key}", getattr(self, key), empty_ok=True)
-        for key in ("drop", "dup", "reorder"):
-            v = getattr(self, key)
-            if type(v) not in (int, float) or not 0 <= v <= 1:
-                raise ConfigError(f"{where}: {key} must be within 0..1")
-        if type(self.delay_ms) not in (int, float) or not 0 <= self.delay_ms <= 10_000:
-            raise ConfigError(f"{where}: delay_ms must be within 0..10000")
-        if type(self.partition) is not bool:
-            raise ConfigError(f"{where}: partition must be true or false")
+        check_wire_settings(where, {k: getattr(self, k) for k in WIRE_KEYS})
         if self.kind != "nic":
             if self.wire or self.tap or self.tap_netns or self.mac:
                 raise ConfigError(f"{where}: wire, tap, tap_netns and mac are for a nic")

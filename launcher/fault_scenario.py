@@ -24,6 +24,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher.devspec import WIRE_KEYS, check_wire_settings
 from launcher.hostspec import ConfigError
 
 ACTIONS = ("kill", "stop", "cont", "disk", "latency", "rogue", "wire")
@@ -80,7 +81,6 @@ class FaultSpec:
     partition: bool = False
 
 
-WIRE_KEYS = ("drop", "dup", "reorder", "delay_ms", "partition")
 
 
 @dataclass(frozen=True)
@@ -293,12 +293,7 @@ def _fault(t: object, i: int) -> FaultSpec:
 
 
 def _wire(t: dict) -> None:
-    for key in ("drop", "dup", "reorder"):
-        if type(t.get(key, 0)) not in (int, float) or not 0 <= t.get(key, 0) <= 1:
-            raise ConfigError(f"{key} must be 0..1")
-    _seconds("delay_ms", t.get("delay_ms", 0))
-    if type(t.get("partition", False)) is not bool:
-        raise ConfigError("partition must be true or false")
+    check_wire_settings("[[fault]]", {k: t[k] for k in WIRE_KEYS if k in t})
 
 
 def _random(t: object) -> RandomSpec:

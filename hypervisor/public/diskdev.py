@@ -37,8 +37,7 @@ Rules:
 import enum
 import struct
 
-import msgpack
-
+from hypervisor.public.platform import decode_op, encode_op, int_field
 from hypervisor.public.xen import PAGE_SIZE
 
 SECTOR_SHIFT = 9
@@ -174,15 +173,11 @@ def unpack_info(raw: bytes) -> dict:
 
 # ---- MMIO codec ----------------------------------------------------------------
 
-def encode_mmio(op: str, **fields) -> bytes:
-    return msgpack.packb({"op": op, **fields})
+encode_mmio = encode_op
 
 
 def _int_field(msg: dict, key: str, lo: int, hi: int) -> int:
-    v = msg.get(key)
-    if type(v) is not int or not lo <= v <= hi:
-        raise DiskDevError(f"{msg.get('op')}: {key} must be an integer in {lo}..{hi}")
-    return v
+    return int_field(msg, key, lo, hi, DiskDevError)
 
 
 def _check_fault(msg: dict) -> None:
@@ -195,12 +190,7 @@ def _check_fault(msg: dict) -> None:
 
 def decode_mmio(frame: bytes) -> dict:
     """One validated MMIO write: {"op", ...fields}; DiskDevError otherwise."""
-    try:
-        msg = msgpack.unpackb(frame, raw=False)
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise DiskDevError(f"not msgpack: {exc.__class__.__name__}") from None
-    if not isinstance(msg, dict) or msg.get("op") not in MMIO_OPS:
-        raise DiskDevError("not an MMIO write of this device")
+    msg = decode_op(frame, MMIO_OPS, DiskDevError, "not an MMIO write of this device")
     if msg["op"] == "init":
         _int_field(msg, "ring_bfn", 0, DISK_MAX_BFN)
         _int_field(msg, "ring_pages", 1, DISK_MAX_RING_PAGES)

@@ -44,8 +44,7 @@ Rules:
 import enum
 import struct
 
-import msgpack
-
+from hypervisor.public.platform import decode_op, encode_op, int_field
 from hypervisor.public.xen import PAGE_SIZE
 
 ETH_HLEN = 14
@@ -196,15 +195,11 @@ def unpack_info(raw: bytes) -> dict:
 
 # ---- MMIO codec --------------------------------------------------------------------
 
-def encode_mmio(op: str, **fields) -> bytes:
-    return msgpack.packb({"op": op, **fields})
+encode_mmio = encode_op
 
 
 def _int_field(msg: dict, key: str, lo: int, hi: int) -> int:
-    v = msg.get(key)
-    if type(v) is not int or not lo <= v <= hi:
-        raise NicDevError(f"{msg.get('op')}: {key} must be an integer in {lo}..{hi}")
-    return v
+    return int_field(msg, key, lo, hi, NicDevError)
 
 
 def check_wire(msg: dict) -> dict:
@@ -223,12 +218,7 @@ def check_wire(msg: dict) -> dict:
 
 def decode_mmio(frame: bytes) -> dict:
     """One validated MMIO write: {"op", ...fields}; NicDevError otherwise."""
-    try:
-        msg = msgpack.unpackb(frame, raw=False)
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise NicDevError(f"not msgpack: {exc.__class__.__name__}") from None
-    if not isinstance(msg, dict) or msg.get("op") not in MMIO_OPS:
-        raise NicDevError("not an MMIO write of this device")
+    msg = decode_op(frame, MMIO_OPS, NicDevError, "not an MMIO write of this device")
     if msg["op"] == "init":
         for ring in ("tx", "rx"):
             _int_field(msg, f"{ring}_ring_bfn", 0, NIC_MAX_BFN)

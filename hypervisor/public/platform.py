@@ -32,6 +32,8 @@ Rules:
 
 import enum
 
+import msgpack
+
 from hypervisor.public.xen import PAGE_SHIFT
 
 PLATFORM_OP = 0x7000  # not a Xen hypercall: the model's device-to-Xen channel
@@ -69,21 +71,38 @@ class FirmwareError(ValueError):
     """A malformed message on the firmware channel."""
 
 
-def encode_firmware(op: str, name: str, secret: bytes = b"") -> bytes:
-    """A firmware message: "replace" (one fd rides along: the new control
-    socket) or "remove"."""
-    import msgpack
-    return msgpack.packb({"op": op, "name": name, "secret": secret})
+def encode_op(op: str, **fields) -> bytes:
+    """A message of the device interfaces: a msgpack map with its "op"."""
+    return msgpack.packb({"op": op, **fields})
 
 
-def decode_firmware(raw: bytes) -> dict:
-    import msgpack
+def decode_op(raw: bytes, ops: tuple[str, ...], error: type[Exception], what: str) -> dict:
+    """A msgpack map whose "op" is one of `ops`; raises `error` otherwise.
+    Each interface then checks its own fields."""
     try:
         msg = msgpack.unpackb(raw, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types
-        raise FirmwareError(f"not msgpack: {exc.__class__.__name__}") from None
-    if not isinstance(msg, dict) or msg.get("op") not in FIRMWARE_OPS:
-        raise FirmwareError("not a firmware message")
+        raise error(f"not msgpack: {exc.__class__.__name__}") from None
+    if not isinstance(msg, dict) or msg.get("op") not in ops:
+        raise error(what)
+    return msg
+
+
+def int_field(msg: dict, key: str, lo: int, hi: int, error: type[Exception]) -> int:
+    v = msg.get(key)
+    if type(v) is not int or not lo <= v <= hi:
+        raise error(f"{msg.get('op')}: {key} must be an integer in {lo}..{hi}")
+    return v
+
+
+def encode_firmware(op: str, name: str, secret: bytes = b"") -> bytes:
+    """A firmware message: "replace" (one fd rides along: the new control
+    socket) or "remove"."""
+    return encode_op(op, name=name, secret=secret)
+
+
+def decode_firmware(raw: bytes) -> dict:
+    msg = decode_op(raw, FIRMWARE_OPS, FirmwareError, "not a firmware message")
     if not isinstance(msg.get("name"), str) or not isinstance(msg.get("secret"), bytes):
         raise FirmwareError("firmware message: name must be text and secret bytes")
     if msg["op"] == "replace" and len(msg["secret"]) != 16:
