@@ -90,14 +90,8 @@ class DiskDevice(PlatformDevice):
     # ---- MMIO --------------------------------------------------------------
 
     def _mmio_init(self, msg: dict) -> None:
-        # A restarted Domain-0 inits us with rings in its new memory, which Xen
-        # sent before that Domain-0 ran: take it before translating anything.
-        self._drain_ctl()
-        self._reset()
-        try:
-            info = self.iommu.frame(msg["info_bfn"], write=True)
-        except DmaFault as exc:
-            log(f"{self.name}: init refused, info page: {exc}")
+        info = self._init_info_page(msg)
+        if info is None:
             return
         try:
             ring = BackRing(self.iommu.contiguous(msg["ring_bfn"], msg["ring_pages"], True),

@@ -184,12 +184,8 @@ class NicDevice(PlatformDevice):
                 f"faults {self.egress.settings.describe()}")
 
     def _mmio_init(self, msg: dict) -> None:
-        self._drain_ctl()  # a restarted Dom0's new memory (devices.platform)
-        self._reset()
-        try:
-            info = self.iommu.frame(msg["info_bfn"], write=True)
-        except DmaFault as exc:
-            log(f"{self.name}: init refused, info page: {exc}")
+        info = self._init_info_page(msg)
+        if info is None:
             return
         try:
             tx = BackRing(self.iommu.contiguous(msg["tx_ring_bfn"], msg["tx_ring_pages"], True),

@@ -24,7 +24,7 @@ import time
 import msgpack
 import zmq
 
-from devices.dma import Iommu, map_memory
+from devices.dma import DmaFault, Iommu, map_memory
 from hypervisor.public import envelope
 from hypervisor.public.platform import IOMMU_FOREIGN_BASE, PLATFORM_OP, PlatformOp, mmio_endpoint
 from hypervisor.public.xen import PAGE_SIZE
@@ -107,6 +107,22 @@ class PlatformDevice:
             log(f"{self.name}: Xen closed the control socket; powering off")
             self.running = False
         self._check_ready()
+
+    def _init_info_page(self, msg: dict) -> memoryview | None:
+        """An "init" write's first steps, alike for every controller: take the
+        memory Xen has already sent (a restarted Domain-0 inits us with rings
+        in its new memory, sent before that Domain-0 ran), forget the old
+        rings (`_reset`), then map the info page; None if it is refused."""
+        self._drain_ctl()
+        self._reset()
+        try:
+            return self.iommu.frame(msg["info_bfn"], write=True)
+        except DmaFault as exc:
+            log(f"{self.name}: init refused, info page: {exc}")
+            return None
+
+    def _reset(self) -> None:
+        """Drop the rings and state of the last init (each controller's own)."""
 
     def _drain_ctl(self) -> None:
         """IOMMU refresh: take memory objects Xen has already sent."""

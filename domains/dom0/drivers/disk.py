@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from domains.dom0.drivers.devinfo import poll_irq_until, published_info
+from domains.dom0.drivers.devinfo import InfoPageDriver
 from domains.kernel.ring import FrontRing, RingError, RingStatistics
 from hypervisor.public import hops, trace
 from hypervisor.public.diskdev import (
@@ -76,7 +76,9 @@ class DiskStatistics:
     ring: RingStatistics
 
 
-class DiskDriver:
+class DiskDriver(InfoPageDriver):
+    INFO_MAGIC, INFO_SIZE, unpack_info = DISK_INFO_MAGIC, INFO_SIZE, staticmethod(unpack_info)
+
     def __init__(self, kernel, dev: dict, ctx: zmq.Context,
                  ring_pages: int = DISK_RING_PAGES, on_crash: str = "wait") -> None:
         self.k, self.name, self.irq = kernel, dev["name"], dev["irq"]
@@ -183,27 +185,11 @@ class DiskDriver:
     def features(self) -> DiskFeature:
         return DiskFeature(self.info["features"] if self.info else 0)
 
-    def wait_ready(self, timeout_s: float) -> bool:
-        """Boot: SCHEDOP_poll on our IRQ's port until the info page is valid."""
-        poll_irq_until(self.k, self.port, lambda: self._check_info() or bool(self.error),
-                       timeout_s)
-        return self.ready
-
-    def _check_info(self) -> bool:
-        if self.info is not None:
-            return True
-        info = published_info(self.info_page, DISK_INFO_MAGIC, INFO_SIZE, unpack_info)
-        if info is None:
-            return False
-        if info["init_status"] != 0:
-            self.error = f"device refused init ({info['init_status']})"
-            return False
-        self.info = info
+    def _info_ready(self) -> None:
         if self.resets:
             print(f"disk {self.name}: ready again, {len(self.waiting)} commands queued",
                   flush=True)
         self._refill()
-        return True
 
     # ---- commands ----------------------------------------------------------
 

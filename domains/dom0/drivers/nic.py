@@ -37,7 +37,7 @@ from collections import Counter, deque
 
 import zmq
 
-from domains.dom0.drivers.devinfo import poll_irq_until, published_info
+from domains.dom0.drivers.devinfo import InfoPageDriver
 from domains.kernel.ring import FrontRing, RingError
 from hypervisor.public.nicdev import (
     ETH_HLEN,
@@ -67,7 +67,9 @@ CAPTURE = 64
 DEFAULT_BRIDGE = "xenbr0"
 
 
-class NicDriver:
+class NicDriver(InfoPageDriver):
+    INFO_MAGIC, INFO_SIZE, unpack_info = NIC_INFO_MAGIC, INFO_SIZE, staticmethod(unpack_info)
+
     gso = False  # BridgePort: TSO frames are cut by the bridge (contract §3)
 
     def __init__(self, kernel, dev: dict, ctx: zmq.Context, name: str = "eth0",
@@ -138,24 +140,8 @@ class NicDriver:
     def ready(self) -> bool:
         return self.info is not None and not self.error and self.link == "up"
 
-    def wait_ready(self, timeout_s: float) -> bool:
-        """Boot: SCHEDOP_poll on our IRQ's port until the info page is valid."""
-        poll_irq_until(self.k, self.port, lambda: self._check_info() or bool(self.error),
-                       timeout_s)
-        return self.ready
-
-    def _check_info(self) -> bool:
-        if self.info is not None:
-            return True
-        info = published_info(self.info_page, NIC_INFO_MAGIC, INFO_SIZE, unpack_info)
-        if info is None:
-            return False
-        if info["init_status"] != 0:
-            self.error = f"device refused init ({info['init_status']})"
-            return False
-        self.info = info
+    def _info_ready(self) -> None:
         self._drain_backlog()
-        return True
 
     # ---- TX: the bridge port (rule 3) ----------------------------------------------
 
