@@ -18,9 +18,10 @@ Rules:
 from domains.dom0.blkback.core import BlkbackCore, BlkbackOutput, IoPlan
 from domains.dom0.blkback.vbd import DiskFlags, DiskOp, VbdConfig, backend_keys
 from domains.dom0.drivers import device_list
+from domains.dom0.xenbus_backend import XenbusBackend
 from domains.dom0.xenstored.perms import XsError
 from domains.kernel.ringio import BackendRing
-from domains.kernel.xenbus_state import Duty, Event, Role, Switch, next_actions, parse_state
+from domains.kernel.xenbus_state import Duty, Event, Role, Switch, next_actions
 from hypervisor.public import hops, trace
 from hypervisor.public.blkif import (
     BLKIF_ENTRY_SIZE,
@@ -81,13 +82,11 @@ class BlkbackService:
         self.backends.pop((be.fe, be.devid), None)
 
 
-class VbdBackend:
+class VbdBackend(XenbusBackend):
+    KIND = "vbd"
+
     def __init__(self, service: BlkbackService, fe: int, devid: int) -> None:
-        self.service, self.dom0 = service, service.dom0
-        self.k, self.xs = self.dom0.kernel, self.dom0.xs
-        self.fe, self.devid = fe, devid
-        self.path = f"{ROOT}/{fe}/{devid}"
-        self.fe_path = self.xs.try_read(f"{self.path}/frontend") or ""
+        super().__init__(service, fe, devid)
         self.disk = self._find_disk()
         self.ring: BackendRing | None = None
         self.core: BlkbackCore | None = None
@@ -102,28 +101,15 @@ class VbdBackend:
     # ---- xenbus ----------------------------------------------------------
 
     @property
-    def state(self) -> S:
-        return parse_state(self.xs.try_read(f"{self.path}/state"))
-
-    @property
-    def other(self) -> S:
-        return parse_state(self.xs.try_read(f"{self.fe_path}/state"))
+    def log_name(self) -> str:
+        return f"blkback d{self.fe}/{self.devid}"
 
     def changed(self) -> None:
         if not self.removed and not self.pending_actions:
             self._guarded(lambda: self._run(next_actions(Role.BACKEND, self.state, self.other)))
 
-    def _guarded(self, fn) -> None:
-        """A failure of this device closes this device only (xenbus_dev_fatal)."""
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - nothing may reach Dom0's kernel
-            self._error(f"{exc.__class__.__name__}: {exc}")
-            self.pending_actions = []
-            try:
-                self._run(next_actions(Role.BACKEND, self.state, self.other, Event.FATAL))
-            except Exception as again:  # noqa: BLE001
-                self._error(f"cannot close: {again}")
+    def _before_fatal(self) -> None:
+        self.pending_actions = []  # Closing replaces what was waiting for the device
 
     def _run(self, actions: list) -> None:
         while actions:
@@ -256,14 +242,6 @@ class VbdBackend:
                 return self.dom0.disks[dev["name"]]
         self._error(f"no physical disk serves {params!r}")
         return None
-
-    def _error(self, msg: str) -> None:
-        print(f"blkback d{self.fe}/{self.devid}: {msg}", flush=True)
-        try:
-            self.xs.write(f"/local/domain/0/error/backend/vbd/{self.fe}/{self.devid}/error",
-                          msg)
-        except XsError:
-            pass
 
     def remove(self) -> None:
         if self.removed:

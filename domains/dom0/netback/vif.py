@@ -28,9 +28,10 @@ import dpkt
 from domains.dom0.bridge import Bridge
 from domains.dom0.netback.core import NetbackCore, VifFeatures
 from domains.dom0.netback.persistent import PersistentMaps
+from domains.dom0.xenbus_backend import XenbusBackend
 from domains.dom0.xenstored.perms import XsError
 from domains.kernel.ring import BackRing
-from domains.kernel.xenbus_state import Duty, Event, Role, Switch, next_actions, parse_state
+from domains.kernel.xenbus_state import Duty, Event, Role, Switch, next_actions
 from hypervisor.public.netif import NETIF_RX_ENTRY_SIZE, NETIF_TX_ENTRY_SIZE
 from hypervisor.public.xenbus import XenbusState as S
 
@@ -55,13 +56,11 @@ class VifPort:
             vif.service.kick(vif)
 
 
-class VifBackend:
+class VifBackend(XenbusBackend):
+    KIND = "vif"
+
     def __init__(self, service, fe: int, devid: int) -> None:
-        self.service, self.dom0 = service, service.dom0
-        self.k, self.xs = self.dom0.kernel, self.dom0.xs
-        self.fe, self.devid = fe, devid
-        self.path = f"{ROOT}/{fe}/{devid}"
-        self.fe_path = self.xs.try_read(f"{self.path}/frontend") or ""
+        super().__init__(service, fe, devid)
         self.name = self.xs.try_read(f"{self.path}/vifname") or f"vif{fe}.{devid}"
         self.bridge_name = self.xs.try_read(f"{self.path}/bridge") or "xenbr0"
         self.core: NetbackCore | None = None
@@ -81,31 +80,15 @@ class VifBackend:
     # ---- xenbus ----------------------------------------------------------
 
     @property
-    def state(self) -> S:
-        return parse_state(self.xs.try_read(f"{self.path}/state"))
-
-    @property
-    def other(self) -> S:
-        return parse_state(self.xs.try_read(f"{self.fe_path}/state"))
+    def log_name(self) -> str:
+        return f"netback {self.name}"
 
     def changed(self) -> None:
         if not self.removed:
             self._guarded(lambda: self._run(next_actions(Role.BACKEND, self.state, self.other)))
 
-    def _guarded(self, fn) -> None:
-        """A failure of this vif closes this vif only (xenbus_dev_fatal)."""
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - nothing may reach Dom0's kernel
-            self.fatal(f"{exc.__class__.__name__}: {exc}")
-
-    def fatal(self, msg: str) -> None:
-        self._error(msg)
-        try:
-            self._disconnect()
-            self._run(next_actions(Role.BACKEND, self.state, self.other, Event.FATAL))
-        except Exception as again:  # noqa: BLE001
-            self._error(f"cannot close: {again}")
+    def _before_fatal(self) -> None:
+        self._disconnect()
 
     def _run(self, actions: list) -> None:
         for action in actions:
@@ -272,13 +255,6 @@ class VifBackend:
                 **self.counters()}
 
     # ---- the rest --------------------------------------------------------
-
-    def _error(self, msg: str) -> None:
-        print(f"netback {self.name}: {msg}", flush=True)
-        try:
-            self.xs.write(f"/local/domain/0/error/backend/vif/{self.fe}/{self.devid}/error", msg)
-        except XsError:
-            pass
 
     def remove(self) -> None:
         if self.removed:
