@@ -110,14 +110,8 @@ def test_a_malicious_frontend_is_cut_off_alone(net_host):
     assert h.alive()
 
 
-def test_frontends_reconnect_after_a_netback_restart(net_host):
-    h, d1, d2 = net_host
-    h.xl("netback_restart", dom="d2")
-    _wait(lambda: h.xl("network_list", dom="d2")[0]["backend_state"] == "4"
-          and d2("net_state")["eth0"]["connected"], what="d2 reconnected")
-    made = [_hex(MAC2), _hex(MAC1), 11, 200]
-    d1("net_send", dev="eth0", made=[made])
-    assert _recv(d2, 1, "a frame after the restart") == [[digest(make_frame(*made)), 200, 0]]
+# A netback restart and the frontends' reconnection: test_netif_persistent.py
+# (the same host, the same steps, and the grant accounting on top).
 
 
 def test_destroying_a_domain_removes_its_vif(net_host):
